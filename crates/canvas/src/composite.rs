@@ -20,7 +20,11 @@ pub fn place(original: &RgbImage, plan: &CanvasPlan) -> RgbImage {
 /// If the canvas or the original does not have the plan's sizes (a caller's bug, not input).
 pub fn paste_original(canvas: &mut RgbImage, original: &RgbImage, plan: &CanvasPlan) {
     let o = plan.original;
-    assert_eq!(canvas.dimensions(), (plan.width, plan.height), "canvas size");
+    assert_eq!(
+        canvas.dimensions(),
+        (plan.width, plan.height),
+        "canvas size"
+    );
     assert_eq!(original.dimensions(), (o.width, o.height), "original size");
     let row_bytes = o.width as usize * 3;
     let canvas_stride = plan.width as usize * 3;
@@ -58,7 +62,11 @@ pub fn match_colour(generated: &mut RgbImage, original: &RgbImage, plan: &Canvas
         let (mg, mo) = (stats[c][0] / n, stats[c][2] / n);
         let sg = (stats[c][1] / n - mg * mg).max(0.0).sqrt();
         let so = (stats[c][3] / n - mo * mo).max(0.0).sqrt();
-        let g = if sg > 1.0 { (so / sg).clamp(0.8, 1.25) } else { 1.0 };
+        let g = if sg > 1.0 {
+            (so / sg).clamp(0.8, 1.25)
+        } else {
+            1.0
+        };
         gain[c] = g as f32;
         offset[c] = (mo - g * mg) as f32;
     }
@@ -86,7 +94,10 @@ pub fn blend_seam(generated: &mut RgbImage, original: &RgbImage, plan: &CanvasPl
     let border = |pixels: &mut dyn Iterator<Item = (u32, u32)>| -> Vec<[f32; 3]> {
         let raw: Vec<[f32; 3]> = pixels
             .map(|(x, y)| {
-                let (a, b) = (original.get_pixel(x, y), generated.get_pixel(o.x + x, o.y + y));
+                let (a, b) = (
+                    original.get_pixel(x, y),
+                    generated.get_pixel(o.x + x, o.y + y),
+                );
                 std::array::from_fn(|c| f32::from(a[c]) - f32::from(b[c]))
             })
             .collect();
@@ -224,7 +235,10 @@ mod tests {
         let inside = *generated.get_pixel(p.original.x + 5, p.original.y + 5);
         generated.put_pixel(0, 0, Rgb([130, 0, 0]));
         match_colour(&mut generated, &original, &p);
-        assert_eq!(*generated.get_pixel(p.original.x + 5, p.original.y + 5), inside);
+        assert_eq!(
+            *generated.get_pixel(p.original.x + 5, p.original.y + 5),
+            inside
+        );
         let corrected = generated.get_pixel(0, 0)[0];
         assert!((95..=110).contains(&corrected), "{corrected}");
     }

@@ -389,7 +389,11 @@ mod tests {
     }
 
     direction_error!(unknown_side, "up", CanvasError::UnknownSide { .. });
-    direction_error!(duplicate_side, "left, left", CanvasError::DuplicateSide { .. });
+    direction_error!(
+        duplicate_side,
+        "left, left",
+        CanvasError::DuplicateSide { .. }
+    );
     direction_error!(all_and_side, "all,top", CanvasError::DuplicateSide { .. });
     direction_error!(empty_direction, " , ", CanvasError::EmptyDirection);
     direction_error!(blank_direction, "", CanvasError::EmptyDirection);
@@ -411,7 +415,10 @@ mod tests {
         assert!(Expansion::uniform(Sides::ALL, 3.0).is_ok());
         for r in [-0.1, 2.01, f64::NAN] {
             let err = Expansion::per_side(0.0, r, 0.0, 0.0).unwrap_err();
-            assert!(err.to_string().starts_with("down_expansion_ratio must be in [0, 2]"));
+            assert!(
+                err.to_string()
+                    .starts_with("down_expansion_ratio must be in [0, 2]")
+            );
         }
     }
 
@@ -419,7 +426,12 @@ mod tests {
     fn eval_task_geometry() {
         // Tasks from the eval set (../shared/eval/tasks.json): simple and per-side forms agree.
         let limits = Limits::default();
-        let p = plan(341, 512, &Expansion::uniform(sides("right"), 1.5).unwrap(), &limits);
+        let p = plan(
+            341,
+            512,
+            &Expansion::uniform(sides("right"), 1.5).unwrap(),
+            &limits,
+        );
         assert_eq!(
             p.unwrap(),
             CanvasPlan {
@@ -435,14 +447,29 @@ mod tests {
         );
         let per_side = Expansion::per_side(0.0, 0.0, 0.0, 0.501466275659824).unwrap();
         assert_eq!(plan(341, 512, &per_side, &limits).unwrap().width, 512);
-        let p = plan(512, 366, &Expansion::uniform(sides("top,bottom"), 1.4).unwrap(), &limits);
-        assert_eq!(p.unwrap().original, Rect { x: 0, y: 73, width: 512, height: 366 });
+        let p = plan(
+            512,
+            366,
+            &Expansion::uniform(sides("top,bottom"), 1.4).unwrap(),
+            &limits,
+        );
+        assert_eq!(
+            p.unwrap().original,
+            Rect {
+                x: 0,
+                y: 73,
+                width: 512,
+                height: 366
+            }
+        );
     }
 
     #[test]
     fn odd_split_gives_the_extra_pixel_to_right_and_bottom() {
         // 301 × 1.5 = 451.5 → 452, so 151 px are added: 75 left, 76 right.
-        let p = Expansion::uniform(Sides::ALL, 1.5).unwrap().padding(301, 301);
+        let p = Expansion::uniform(Sides::ALL, 1.5)
+            .unwrap()
+            .padding(301, 301);
         assert_eq!((p.left, p.right, p.top, p.bottom), (75, 76, 75, 76));
     }
 
@@ -462,8 +489,13 @@ mod tests {
 
     #[test]
     fn mask_marks_generated_pixels() {
-        let p = plan(300, 300, &Expansion::uniform(sides("left"), 1.5).unwrap(), &Limits::default())
-            .unwrap();
+        let p = plan(
+            300,
+            300,
+            &Expansion::uniform(sides("left"), 1.5).unwrap(),
+            &Limits::default(),
+        )
+        .unwrap();
         let mask = p.mask();
         assert_eq!(mask.get_pixel(149, 10).0, [255]);
         assert_eq!(mask.get_pixel(150, 10).0, [0]);

@@ -20,8 +20,8 @@ use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::codecs::webp::WebPEncoder;
 use image::metadata::Orientation;
 use image::{
-    DynamicImage, GrayAlphaImage, GrayImage, ImageDecoder, ImageError, ImageFormat, ImageReader,
-    RgbImage, RgbaImage,
+    DynamicImage, GrayAlphaImage, GrayImage, ImageDecoder, ImageEncoder, ImageError, ImageFormat,
+    ImageReader, RgbImage, RgbaImage,
 };
 use outpaint_canvas::{CanvasPlan, Limits};
 
@@ -50,6 +50,9 @@ pub struct DecodedImage {
     pub alpha: Option<GrayImage>,
     /// The format the data was in.
     pub format: ImageFormat,
+    /// The source's embedded ICC colour profile, if any; results carry it over when it fits
+    /// their colour type, so colours look the same as in the source (wide-gamut phone photos).
+    pub icc_profile: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for DecodedImage {
@@ -61,6 +64,10 @@ impl fmt::Debug for DecodedImage {
             .field("grayscale", &self.grayscale)
             .field("alpha", &self.alpha.is_some())
             .field("format", &self.format)
+            .field(
+                "icc_profile_bytes",
+                &self.icc_profile.as_ref().map(Vec::len),
+            )
             .finish()
     }
 }
@@ -73,6 +80,7 @@ impl DecodedImage {
             grayscale: false,
             alpha: None,
             format: ImageFormat::Png,
+            icc_profile: None,
         }
     }
 
@@ -149,6 +157,8 @@ fn decode_sniffed(
         .map_err(decode_error)?;
     // A malformed EXIF block is not worth refusing the image for: keep it as stored.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    // Likewise a malformed profile: drop it and decode the pixels as they are.
+    let icc_profile = decoder.icc_profile().ok().flatten();
     let mut image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
     // The JPEG decoder fills a truncated scan with grey instead of failing; that grey would
     // then be kept as "original" pixels. Refuse, as most tools do.
@@ -168,6 +178,7 @@ fn decode_sniffed(
         grayscale,
         alpha,
         format,
+        icc_profile,
     })
 }
 
@@ -463,28 +474,46 @@ pub fn output_image(canvas: RgbImage, source: &DecodedImage, plan: &CanvasPlan) 
 /// Encodes an image as PNG (fast compression), JPEG (quality [`JPEG_QUALITY`]; alpha is
 /// dropped, as JPEG has none) or lossless WebP.
 pub fn encode(image: &DynamicImage, format: OutputFormat) -> Result<Vec<u8>, EngineError> {
-    let mut out = Vec::with_capacity(image.as_bytes().len() / 2);
+    encode_with_icc_profile(image, format, None)
+}
+
+/// [`encode`], embedding `icc_profile` when it fits what is written: an RGB profile for colour
+/// output, a GRAY one for grayscale output. Any other profile (CMYK from a print JPEG, GRAY for
+/// WebP, which stores grey as RGB) is left out rather than written wrong.
+pub fn encode_with_icc_profile(
+    image: &DynamicImage,
+    format: OutputFormat,
+    icc_profile: Option<&[u8]>,
+) -> Result<Vec<u8>, EngineError> {
+    // JPEG has no alpha; WebP has no grayscale mode (its encoder writes grey as RGB).
+    let written = match (format, image) {
+        (OutputFormat::Jpeg, DynamicImage::ImageLumaA8(_)) => {
+            DynamicImage::ImageLuma8(image.to_luma8())
+        }
+        (OutputFormat::Jpeg, DynamicImage::ImageRgba8(_)) => {
+            DynamicImage::ImageRgb8(image.to_rgb8())
+        }
+        _ => image.clone(),
+    };
+    let stored_as_gray = !written.color().has_color() && format != OutputFormat::Webp;
+    let profile = icc_profile
+        .filter(|p| icc_colour_space(p) == Some(if stored_as_gray { *b"GRAY" } else { *b"RGB " }));
+
+    let mut out = Vec::with_capacity(written.as_bytes().len() / 2);
     let result = match format {
         // Fast deflate: results are written once and served a few times; a smaller file is
         // not worth seconds per image here.
-        OutputFormat::Png => image.write_with_encoder(PngEncoder::new_with_quality(
-            &mut out,
-            CompressionType::Fast,
-            FilterType::Adaptive,
-        )),
-        OutputFormat::Jpeg => {
-            let encoder = JpegEncoder::new_with_quality(&mut out, JPEG_QUALITY);
-            match image {
-                DynamicImage::ImageLumaA8(_) => {
-                    DynamicImage::ImageLuma8(image.to_luma8()).write_with_encoder(encoder)
-                }
-                DynamicImage::ImageRgba8(_) => {
-                    DynamicImage::ImageRgb8(image.to_rgb8()).write_with_encoder(encoder)
-                }
-                _ => image.write_with_encoder(encoder),
-            }
-        }
-        OutputFormat::Webp => image.write_with_encoder(WebPEncoder::new_lossless(&mut out)),
+        OutputFormat::Png => with_profile(
+            PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive),
+            profile,
+            &written,
+        ),
+        OutputFormat::Jpeg => with_profile(
+            JpegEncoder::new_with_quality(&mut out, JPEG_QUALITY),
+            profile,
+            &written,
+        ),
+        OutputFormat::Webp => with_profile(WebPEncoder::new_lossless(&mut out), profile, &written),
     };
     result.map_err(|e| EngineError::Encode {
         format: format.name(),
@@ -493,10 +522,33 @@ pub fn encode(image: &DynamicImage, format: OutputFormat) -> Result<Vec<u8>, Eng
     Ok(out)
 }
 
+fn with_profile(
+    mut encoder: impl ImageEncoder,
+    profile: Option<&[u8]>,
+    image: &DynamicImage,
+) -> image::ImageResult<()> {
+    if let Some(profile) = profile {
+        encoder
+            .set_icc_profile(profile.to_vec())
+            .map_err(ImageError::Unsupported)?;
+    }
+    image.write_with_encoder(encoder)
+}
+
+/// The data colour space of an ICC profile (header bytes 16..20: `RGB `, `GRAY`, `CMYK`, ...),
+/// if the data is long enough to be one.
+fn icc_colour_space(profile: &[u8]) -> Option<[u8; 4]> {
+    let signature = profile.get(36..40)?;
+    if signature != b"acsp" {
+        return None;
+    }
+    profile.get(16..20)?.try_into().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image::{ImageEncoder, Luma, LumaA, Rgb, Rgba};
+    use image::{Luma, LumaA, Rgb, Rgba};
     use outpaint_canvas::{Expansion, plan};
 
     fn photo(width: u32, height: u32) -> RgbImage {
@@ -735,6 +787,57 @@ mod tests {
             .unwrap();
         let decoded = decode(&bytes, &Limits::default()).unwrap();
         assert_eq!(decoded.rgb.dimensions(), (320, 300));
+    }
+
+    /// A minimal ICC profile header for the data colour space `space`: enough for decoders to
+    /// carry it and for [`icc_colour_space`] to read it.
+    fn fake_profile(space: &[u8; 4]) -> Vec<u8> {
+        let mut profile = vec![0u8; 132];
+        profile[0..4].copy_from_slice(&132u32.to_be_bytes());
+        profile[16..20].copy_from_slice(space);
+        profile[36..40].copy_from_slice(b"acsp");
+        profile
+    }
+
+    fn profile_of(bytes: &[u8]) -> Option<Vec<u8>> {
+        decode(bytes, &Limits::default()).unwrap().icc_profile
+    }
+
+    #[test]
+    fn icc_profile_is_carried_over_when_it_fits() {
+        let rgb_profile = fake_profile(b"RGB ");
+        let mut png = Vec::new();
+        let mut encoder = PngEncoder::new(&mut png);
+        encoder.set_icc_profile(rgb_profile.clone()).unwrap();
+        let rgb = photo(300, 300);
+        encoder
+            .write_image(rgb.as_raw(), 300, 300, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        let source = decode(&png, &Limits::default()).unwrap();
+        assert_eq!(source.icc_profile.as_deref(), Some(&rgb_profile[..]));
+        let image = DynamicImage::ImageRgb8(source.rgb.clone());
+        for format in OutputFormat::ALL {
+            let bytes =
+                encode_with_icc_profile(&image, format, source.icc_profile.as_deref()).unwrap();
+            assert_eq!(
+                profile_of(&bytes).as_deref(),
+                Some(&rgb_profile[..]),
+                "{format}"
+            );
+        }
+        // A profile for another colour space is left out.
+        let gray = DynamicImage::ImageLuma8(GrayImage::new(300, 300));
+        let bytes = encode_with_icc_profile(&gray, OutputFormat::Png, Some(&rgb_profile)).unwrap();
+        assert_eq!(profile_of(&bytes), None);
+        let gray_profile = fake_profile(b"GRAY");
+        let bytes = encode_with_icc_profile(&gray, OutputFormat::Png, Some(&gray_profile)).unwrap();
+        assert_eq!(profile_of(&bytes), Some(gray_profile.clone()));
+        let bytes =
+            encode_with_icc_profile(&gray, OutputFormat::Webp, Some(&gray_profile)).unwrap();
+        assert_eq!(profile_of(&bytes), None);
+        let cmyk = fake_profile(b"CMYK");
+        let bytes = encode_with_icc_profile(&image, OutputFormat::Jpeg, Some(&cmyk)).unwrap();
+        assert_eq!(profile_of(&bytes), None);
     }
 
     #[test]

@@ -363,7 +363,13 @@ impl Engine {
             debug_span!("encode", format = options.output_format.name()).in_scope(|| {
                 finished
                     .par_iter()
-                    .map(|image| codec::encode(image, options.output_format))
+                    .map(|image| {
+                        codec::encode_with_icc_profile(
+                            image,
+                            options.output_format,
+                            source.icc_profile.as_deref(),
+                        )
+                    })
                     .collect::<Result<Vec<_>, _>>()
             })?;
         let timings = Timings {

@@ -244,7 +244,7 @@ fn plan_outputs(inputs: Vec<PathBuf>, out: &Path, args: &BatchArgs) -> Result<Ve
             clashes.join("; ")
         );
     }
-    Ok(inputs
+    let items: Vec<Item> = inputs
         .into_iter()
         .map(|input| {
             let mut name = input.file_stem().unwrap_or_default().to_os_string();
@@ -253,7 +253,26 @@ fn plan_outputs(inputs: Vec<PathBuf>, out: &Path, args: &BatchArgs) -> Result<Ve
             let outputs = variation_paths(&out.join(name), args.generation.n);
             Item { input, outputs }
         })
-        .collect())
+        .collect();
+    // With --out inside an input folder, a result could land on an input: never replace a
+    // photo with an expansion of something else (or of itself).
+    let originals: HashSet<PathBuf> = items
+        .iter()
+        .filter_map(|item| fs::canonicalize(&item.input).ok())
+        .collect();
+    let overwritten: Vec<String> = items
+        .iter()
+        .flat_map(|item| &item.outputs)
+        .filter(|o| fs::canonicalize(o).is_ok_and(|o| originals.contains(&o)))
+        .map(|o| o.display().to_string())
+        .collect();
+    if !overwritten.is_empty() {
+        bail!(
+            "results would replace input images: {}; choose an --out folder apart from the inputs",
+            overwritten.join(", ")
+        );
+    }
+    Ok(items)
 }
 
 fn progress_bar(len: usize) -> ProgressBar {

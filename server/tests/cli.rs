@@ -661,6 +661,23 @@ mod batch {
     }
 
     #[test]
+    fn inputs_are_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("in")).unwrap();
+        write_png(&dir.path().join("in/a.png"), textured(300, 300));
+        let before = fs::read(dir.path().join("in/a.png")).unwrap();
+        let args = ["batch", "in", "--out", "in", "-d", "left", "--overwrite"];
+        let out = outpaint(dir.path(), &args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("results would replace input images: in/a.png"),
+            "{err}"
+        );
+        assert_eq!(fs::read(dir.path().join("in/a.png")).unwrap(), before);
+    }
+
+    #[test]
     fn files_globs_and_missing_inputs() {
         let dir = tempfile::tempdir().unwrap();
         write_png(&dir.path().join("one.png"), textured(300, 300));

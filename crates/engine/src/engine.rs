@@ -72,7 +72,7 @@ pub struct ExpandRequest {
 }
 
 /// The result of an expansion: encoded images and what was done to make them.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Expanded {
     /// One encoded image per variation, in order.
     pub images: Vec<Vec<u8>>,
@@ -88,6 +88,22 @@ pub struct Expanded {
     pub backend: String,
     /// Time spent per stage.
     pub timings: Timings,
+}
+
+impl std::fmt::Debug for Expanded {
+    /// The images' sizes instead of their bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sizes: Vec<usize> = self.images.iter().map(Vec::len).collect();
+        f.debug_struct("Expanded")
+            .field("image_bytes", &sizes)
+            .field("format", &self.format)
+            .field("plan", &self.plan)
+            .field("seed", &self.seed)
+            .field("seeds", &self.seeds)
+            .field("backend", &self.backend)
+            .field("timings", &self.timings)
+            .finish()
+    }
 }
 
 /// Wall-clock time per stage of an expansion.

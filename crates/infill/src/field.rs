@@ -350,7 +350,13 @@ impl Field {
     /// within the patch around `s` and `n̄` its value if all sources were used evenly. It spreads
     /// the copies over the whole source, so one striking object (a face, an island) is not
     /// pasted again and again.
-    pub fn occupancy(&self, level: &Level, targets: &Targets, sources: &Sources, weight: f32) -> Vec<u32> {
+    pub fn occupancy(
+        &self,
+        level: &Level,
+        targets: &Targets,
+        sources: &Sources,
+        weight: f32,
+    ) -> Vec<u32> {
         let w = level.width;
         let mut centres = vec![0u32; level.len()];
         let mut count = 0usize;
@@ -434,7 +440,7 @@ impl Field {
                 }
                 let mut best = self.nnf[t].load(Relaxed) as usize;
                 let mut best_cost = self.cost[t].load(Relaxed);
-                let mut consider = |s: usize, best: &mut usize, best_cost: &mut u32| {
+                let consider = |s: usize, best: &mut usize, best_cost: &mut u32| {
                     if s != *best {
                         let c = matcher.cost(t, s, *best_cost);
                         if c < *best_cost {

@@ -160,7 +160,10 @@ pub fn inpaint(
                         .save(format!("{dir}/level{depth}-up.png"))
                         .ok();
                 }
-                field.recompute_costs(&matcher(level, &targets, &distance, locality, &[]), &targets);
+                field.recompute_costs(
+                    &matcher(level, &targets, &distance, locality, &[]),
+                    &targets,
+                );
                 field
             }
         };
@@ -288,7 +291,7 @@ mod tests {
     #[test]
     fn deterministic_per_seed_and_different_across_seeds() {
         let image = RgbImage::from_fn(140, 100, |x, y| {
-            Rgb([(x * 5 ^ y * 3) as u8, (x * y) as u8, (y * 9) as u8])
+            Rgb([((x * 5) ^ (y * 3)) as u8, (x * y) as u8, (y * 9) as u8])
         });
         let mask = right_mask(140, 100, 90);
         let p = |seed| InfillParams {

@@ -45,8 +45,8 @@ impl Level {
                     }
                     let i = sy * self.width + sx;
                     all_known &= self.known[i];
-                    for c in 0..3 {
-                        sum[c] += u32::from(self.pixels[i][c]);
+                    for (total, &value) in sum.iter_mut().zip(&self.pixels[i][..3]) {
+                        *total += u32::from(value);
                     }
                     n += 1;
                 }

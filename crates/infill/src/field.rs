@@ -51,26 +51,6 @@ impl Integral {
     }
 }
 
-/// Sum of `values` over the `SIZE × SIZE` window around each pixel (zero outside the image).
-fn box_sum(values: &[u32], width: usize, height: usize) -> Vec<u32> {
-    let mut rows = vec![0u32; values.len()];
-    for y in 0..height {
-        let row = &values[y * width..(y + 1) * width];
-        for x in 0..width {
-            let (lo, hi) = (x.saturating_sub(RADIUS), (x + RADIUS + 1).min(width));
-            rows[y * width + x] = row[lo..hi].iter().sum();
-        }
-    }
-    let mut out = vec![0u32; values.len()];
-    for y in 0..height {
-        let (lo, hi) = (y.saturating_sub(RADIUS), (y + RADIUS + 1).min(height));
-        for x in 0..width {
-            out[y * width + x] = (lo..hi).map(|r| rows[r * width + x]).sum();
-        }
-    }
-    out
-}
-
 /// Centres of patches that lie fully in the known area: the patches content is copied from.
 pub(crate) struct Sources {
     pub ok: Vec<bool>,
@@ -161,21 +141,29 @@ pub(crate) fn patch_ssd(pixels: &[Pixel], width: usize, a: usize, b: usize, limi
     let (a0, b0) = (a - RADIUS * width - RADIUS, b - RADIUS * width - RADIUS);
     let mut sum = 0u32;
     for row in 0..SIZE {
-        let ra = pixels[a0 + row * width..][..SIZE].as_flattened();
-        let rb = pixels[b0 + row * width..][..SIZE].as_flattened();
-        sum += ra
-            .iter()
-            .zip(rb)
-            .map(|(&p, &q)| {
-                let d = i32::from(p) - i32::from(q);
-                (d * d) as u32
-            })
-            .sum::<u32>();
+        sum += row_ssd(
+            &pixels[a0 + row * width..][..SIZE],
+            &pixels[b0 + row * width..][..SIZE],
+        );
         if sum >= limit {
             return sum;
         }
     }
     sum
+}
+
+/// Sum of squared differences of two patch rows. A fixed-length loop over 16-bit differences,
+/// which the compiler turns into SIMD multiply-adds (the hot loop of the whole completion).
+#[inline]
+pub(crate) fn row_ssd(a: &[Pixel], b: &[Pixel]) -> u32 {
+    let a: &[u8; SIZE * 4] = a.as_flattened().try_into().expect("a patch row");
+    let b: &[u8; SIZE * 4] = b.as_flattened().try_into().expect("a patch row");
+    let mut sum = 0i32;
+    for i in 0..SIZE * 4 {
+        let d = i16::from(a[i]) - i16::from(b[i]);
+        sum += i32::from(d) * i32::from(d);
+    }
+    sum as u32
 }
 
 /// The matching cost of a (target, source) pair: patch SSD plus a locality prior.
@@ -195,9 +183,6 @@ pub(crate) struct Matcher<'a> {
     pub nearest: &'a [u32],
     /// Cost per squared pixel of distance.
     pub locality: f32,
-    /// Extra cost of each source centre for being used already (see [`Field::occupancy`]),
-    /// empty when the penalty is off.
-    pub occupancy: &'a [u32],
 }
 
 impl Matcher<'_> {
@@ -211,10 +196,7 @@ impl Matcher<'_> {
             (s % w) as f32 - (c % w) as f32,
             (s / w) as f32 - (c / w) as f32,
         );
-        let mut prior = (self.locality * (dx * dx + dy * dy)) as u32;
-        if let Some(&used) = self.occupancy.get(s) {
-            prior = prior.saturating_add(used);
-        }
+        let prior = (self.locality * (dx * dx + dy * dy)) as u32;
         if prior >= limit {
             return prior;
         }
@@ -343,34 +325,6 @@ impl Field {
             nnf,
             cost: (0..level.len()).map(|_| AtomicU32::new(u32::MAX)).collect(),
         }
-    }
-
-    /// The occurrence penalty of every source centre (Kaspar et al. 2015, "Self Tuning Texture
-    /// Optimization"): `weight × n(s) / n̄`, with `n(s)` the number of targets currently mapped
-    /// within the patch around `s` and `n̄` its value if all sources were used evenly. It spreads
-    /// the copies over the whole source, so one striking object (a face, an island) is not
-    /// pasted again and again.
-    pub fn occupancy(
-        &self,
-        level: &Level,
-        targets: &Targets,
-        sources: &Sources,
-        weight: f32,
-    ) -> Vec<u32> {
-        let w = level.width;
-        let mut centres = vec![0u32; level.len()];
-        let mut count = 0usize;
-        for (t, &is) in targets.is.iter().enumerate() {
-            if is {
-                centres[self.nnf[t].load(Relaxed) as usize] += 1;
-                count += 1;
-            }
-        }
-        let sums = box_sum(&centres, w, level.height);
-        let mean = (count * SIZE * SIZE) as f32 / sources.list.len().max(1) as f32;
-        sums.iter()
-            .map(|&n| (weight * n as f32 / mean.max(1e-3)) as u32)
-            .collect()
     }
 
     /// Recomputes every target's cost after the image changed.
@@ -541,7 +495,6 @@ mod tests {
             width: 60,
             nearest: &nearest,
             locality: 0.0,
-            occupancy: &[],
         };
         let field = Field::random(&matcher, &t, &s, 1);
         for i in 0..6 {

@@ -55,15 +55,17 @@ pub enum InfillError {
     NotEnoughSource { patch: u32 },
 }
 
-/// Tuning of the completion. The defaults are what the CLI and server use.
+/// Tuning of the completion. The defaults are what the CLI and server use; they were chosen on
+/// the evaluation set in `shared/eval` (see `benches/RESULTS.md`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct InfillParams {
     /// Seed of every random choice: the same seed gives the same pixels.
     pub seed: u64,
-    /// The coarsest level's short side, in pixels. Smaller starts capture larger structures
-    /// but give the first guess less detail to work with.
+    /// The coarsest level's short side, in pixels (the pyramid stops at the last level at least
+    /// this large). Smaller starts capture larger structures but give the first guess less
+    /// detail to work with.
     pub coarsest_side: usize,
-    /// EM iterations at the coarsest level; later levels use fewer.
+    /// EM iterations at the coarsest level; intermediate levels use half as many.
     pub coarse_iterations: usize,
     /// EM iterations at the finest level (the most expensive ones).
     pub fine_iterations: usize,
@@ -79,24 +81,33 @@ impl Default for InfillParams {
     fn default() -> Self {
         InfillParams {
             seed: 0,
-            coarsest_side: env_f32("OP_CS", 48.0) as usize,
-            coarse_iterations: env_f32("OP_CI", 8.0) as usize,
-            fine_iterations: env_f32("OP_FI", 2.0) as usize,
-            locality: env_f32("OP_LOCALITY", 0.0),
-            gamma: env_f32("OP_GAMMA", 1.3),
+            coarsest_side: 64,
+            coarse_iterations: 8,
+            fine_iterations: 2,
+            locality: 10_000.0,
+            gamma: 3.0,
         }
     }
 }
 
-fn env_f32(name: &str, default: f32) -> f32 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// The coarsest level keeps at least this many source patches.
 const MIN_SOURCES: usize = 64;
+
+/// Weight of the original's pixels in the patches that straddle the border: they are the only
+/// certain information there, so a patch that continues them must beat one that merely agrees
+/// with the current guess beyond the border.
+const BORDER_WEIGHT: u32 = 16;
+
+/// The first guess uses this fraction of the EM's locality prior: enough to prefer nearby
+/// continuations among equals, weak enough to let it reach distant texture that fits better.
+const INIT_LOCALITY: f32 = 0.1;
+
+/// The percentile of the match costs that sets the vote's cost scale (see [`vote::weights`]).
+const VOTE_PERCENTILE: f32 = 0.75;
+
+/// Random-search radius, in pixels, below the coarsest level: finer levels only refine a field
+/// that the coarser level already placed.
+const FINE_SEARCH_RADIUS: usize = 8;
 
 /// Fills the pixels of `image` where `mask` is non-zero with content copied from the rest.
 ///
@@ -135,18 +146,8 @@ pub fn inpaint(
         let locality = params.locality * (SIZE * SIZE * 3) as f32 / (side * side);
         let field = match previous.take() {
             None => {
-                if std::env::var("OP_INIT").as_deref() == Ok("smooth") {
-                    init::smooth(level, &distance, 200);
-                } else {
-                    init::onion_peel(level, &sources, &distance, seed);
-                }
-                if let Ok(dir) = std::env::var("OP_DEBUG_DIR") {
-                    level
-                        .to_image()
-                        .save(format!("{dir}/level{depth}-onion.png"))
-                        .ok();
-                }
-                let matcher = matcher(level, &targets, &distance, locality, &[]);
+                init::onion_peel(level, &sources, &distance, locality * INIT_LOCALITY, seed);
+                let matcher = matcher(level, &targets, &distance, locality);
                 Field::random(&matcher, &targets, &sources, seed)
             }
             Some(coarse) => {
@@ -154,47 +155,31 @@ pub fn inpaint(
                 let uniform: Vec<f32> =
                     targets.is.iter().map(|&t| f32::from(u8::from(t))).collect();
                 vote::vote(level, &field, &targets, &uniform);
-                if let Ok(dir) = std::env::var("OP_DEBUG_DIR") {
-                    level
-                        .to_image()
-                        .save(format!("{dir}/level{depth}-up.png"))
-                        .ok();
-                }
-                field.recompute_costs(
-                    &matcher(level, &targets, &distance, locality, &[]),
-                    &targets,
-                );
+                field.recompute_costs(&matcher(level, &targets, &distance, locality), &targets);
                 field
             }
         };
-        let iterations = if depth == coarsest {
-            params.coarse_iterations
+        // The coarsest level searches the whole image, twice per EM iteration; the finest only
+        // polishes what the levels above placed, once per iteration.
+        let (iterations, passes, max_radius, global_samples) = if depth == coarsest {
+            let whole = level.width.max(level.height);
+            (params.coarse_iterations, 2, whole, 2)
         } else if depth == 0 {
-            params.fine_iterations
+            (params.fine_iterations, 1, FINE_SEARCH_RADIUS, 1)
         } else {
-            params.coarse_iterations.div_ceil(2)
+            let iterations = params.coarse_iterations.div_ceil(2);
+            (iterations, 2, FINE_SEARCH_RADIUS, 1)
         };
-        let max_radius = if depth == coarsest {
-            level.width.max(level.height)
-        } else {
-            8
-        };
-        let occ_weight = env_f32("OP_OCC", 0.0) * (SIZE * SIZE * 3) as f32;
         for em in 0..iterations {
-            let occupancy = if occ_weight > 0.0 {
-                field.occupancy(level, &targets, &sources, occ_weight)
-            } else {
-                Vec::new()
-            };
-            let matcher = matcher(level, &targets, &distance, locality, &occupancy);
+            let matcher = matcher(level, &targets, &distance, locality);
             if em > 0 {
                 field.recompute_costs(&matcher, &targets);
             }
-            for pass in 0..2 {
+            for pass in 0..passes {
                 let search = Search {
                     stream: [params.seed, depth as u64, (em * 2 + pass) as u64],
                     max_radius,
-                    global_samples: usize::from(depth == coarsest) + 1,
+                    global_samples,
                     reverse: pass == 1,
                 };
                 field.improve(&matcher, &targets, &sources, &search);
@@ -203,23 +188,10 @@ pub fn inpaint(
                 &field,
                 &targets,
                 &distance.distance,
-                env_f32("OP_PCT", 0.75),
+                VOTE_PERCENTILE,
                 params.gamma,
             );
-            if depth == 0
-                && em + 1 == iterations
-                && std::env::var("OP_FINAL").as_deref() == Ok("best")
-            {
-                vote::vote_best(level, &field, &targets, &weights);
-            } else {
-                vote::vote(level, &field, &targets, &weights);
-            }
-        }
-        if let Ok(dir) = std::env::var("OP_DEBUG_DIR") {
-            level
-                .to_image()
-                .save(format!("{dir}/level{depth}.png"))
-                .ok();
+            vote::vote(level, &field, &targets, &weights);
         }
         previous = Some(field);
     }
@@ -238,17 +210,15 @@ fn matcher<'a>(
     targets: &'a Targets,
     distance: &'a DistanceMap,
     locality: f32,
-    occupancy: &'a [u32],
 ) -> Matcher<'a> {
     Matcher {
         pixels: &level.pixels,
         known: &level.known,
         mixed: &targets.mixed,
-        known_weight: env_f32("OP_KW", 1.0) as u32,
+        known_weight: BORDER_WEIGHT,
         width: level.width,
         nearest: &distance.nearest,
         locality,
-        occupancy,
     }
 }
 

@@ -72,15 +72,6 @@ impl Level {
     pub fn len(&self) -> usize {
         self.pixels.len()
     }
-
-    /// Writes the level back as an RGB image.
-    pub fn to_image(&self) -> RgbImage {
-        let mut out = RgbImage::new(self.width as u32, self.height as u32);
-        for (dst, src) in out.pixels_mut().zip(&self.pixels) {
-            dst.0 = [src[0], src[1], src[2]];
-        }
-        out
-    }
 }
 
 /// Builds the pyramid, finest first, stopping before the canvas's short side falls below

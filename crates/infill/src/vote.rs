@@ -95,36 +95,3 @@ pub(crate) fn vote(level: &mut Level, field: &Field, targets: &Targets, weights:
     });
     level.pixels = out;
 }
-
-/// Like [`vote`], but each unknown pixel takes the value proposed by the single overlapping
-/// patch with the highest weight: no averaging, so no blur. Used for the final reconstruction,
-/// once the field has converged and neighbouring patches agree.
-pub(crate) fn vote_best(level: &mut Level, field: &Field, targets: &Targets, weights: &[f32]) {
-    let (w, h) = (level.width, level.height);
-    let pixels = &level.pixels;
-    let known = &level.known;
-    let mut out = pixels.clone();
-    out.par_chunks_mut(w).enumerate().for_each(|(y, row)| {
-        for (x, dst) in row.iter_mut().enumerate() {
-            if known[y * w + x] {
-                continue;
-            }
-            let mut best = (0f32, None);
-            let (ty0, ty1) = (y.saturating_sub(RADIUS), (y + RADIUS + 1).min(h));
-            let (tx0, tx1) = (x.saturating_sub(RADIUS), (x + RADIUS + 1).min(w));
-            for ty in ty0..ty1 {
-                for tx in tx0..tx1 {
-                    let t = ty * w + tx;
-                    if targets.is[t] && weights[t] > best.0 {
-                        let s = field.nnf[t].load(Relaxed) as usize;
-                        best = (weights[t], Some((s / w + y - ty) * w + (s % w + x - tx)));
-                    }
-                }
-            }
-            if let (_, Some(q)) = best {
-                *dst = pixels[q];
-            }
-        }
-    });
-    level.pixels = out;
-}

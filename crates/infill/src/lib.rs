@@ -165,7 +165,7 @@ pub fn inpaint(
             let whole = level.width.max(level.height);
             (params.coarse_iterations, 2, whole, 2)
         } else if depth == 0 {
-            (params.fine_iterations, 1, FINE_SEARCH_RADIUS, 1)
+            (params.fine_iterations, 1, FINE_SEARCH_RADIUS, 0)
         } else {
             let iterations = params.coarse_iterations.div_ceil(2);
             (iterations, 2, FINE_SEARCH_RADIUS, 1)

@@ -74,7 +74,7 @@ pub(crate) fn vote(level: &mut Level, field: &Field, targets: &Targets, weights:
                     }
                     let s = field.nnf[t].load(Relaxed) as usize;
                     // Same offset from the source centre as the pixel has from the target's.
-                    let q = (s / w + y - ty) * w + (s % w + x - tx);
+                    let q = (s + y * w + x) - t;
                     let wt = weights[t];
                     let p = pixels[q];
                     for c in 0..3 {

@@ -53,15 +53,15 @@ pub enum CanvasError {
     },
     /// Occurs when the canvas would exceed the pixel budget.
     #[error(
-        "the expanded canvas {width}×{height} has {megapixels:.1} megapixels; at most {max_megapixels} are allowed"
+        "the expanded canvas {width}×{height} has {pixels} pixels; at most {max_pixels} are allowed"
     )]
     CanvasTooLarge {
         width: u32,
         height: u32,
-        megapixels: f64,
-        max_megapixels: f64,
+        pixels: u64,
+        max_pixels: u64,
     },
     /// Occurs when the encoded image file is larger than allowed.
-    #[error("image file is {bytes} bytes; at most {max} bytes ({max_mb} MB) are allowed")]
-    FileTooLarge { bytes: u64, max: u64, max_mb: f64 },
+    #[error("image file is {bytes} bytes; at most {max} bytes ({max_mib:.1} MiB) are allowed")]
+    FileTooLarge { bytes: u64, max: u64, max_mib: f64 },
 }

@@ -46,7 +46,7 @@ impl Limits {
             return Err(CanvasError::FileTooLarge {
                 bytes,
                 max: self.max_file_bytes,
-                max_mb: self.max_file_bytes as f64 / (1024.0 * 1024.0),
+                max_mib: self.max_file_bytes as f64 / (1024.0 * 1024.0),
             });
         }
         Ok(())
@@ -103,8 +103,8 @@ impl Limits {
             return Err(CanvasError::CanvasTooLarge {
                 width: cw,
                 height: ch,
-                megapixels: canvas as f64 / 1e6,
-                max_megapixels: self.max_canvas_pixels as f64 / 1e6,
+                pixels: canvas,
+                max_pixels: self.max_canvas_pixels,
             });
         }
         Ok(())
@@ -141,7 +141,7 @@ mod tests {
         let err = l.check_canvas(3000, 3000, 4500, 4500).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "the expanded canvas 4500×4500 has 20.2 megapixels; at most 16 are allowed"
+            "the expanded canvas 4500×4500 has 20250000 pixels; at most 16000000 are allowed"
         );
         assert!(l.check_file_size(10 * 1024 * 1024).is_ok());
         assert!(l.check_file_size(10 * 1024 * 1024 + 1).is_err());

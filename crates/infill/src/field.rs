@@ -200,11 +200,13 @@ impl Matcher<'_> {
         if prior >= limit {
             return prior;
         }
-        if self.mixed[t] {
-            prior + self.weighted_ssd(t, s, limit - prior)
+        // The prior alone can come close to u32::MAX for far sources on a long canvas.
+        let ssd = if self.mixed[t] {
+            self.weighted_ssd(t, s, limit - prior)
         } else {
-            prior + patch_ssd(self.pixels, w, t, s, limit - prior)
-        }
+            patch_ssd(self.pixels, w, t, s, limit - prior)
+        };
+        prior.saturating_add(ssd)
     }
 
     /// SSD in which the target's known pixels count `known_weight` times: along the border

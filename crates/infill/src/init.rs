@@ -28,22 +28,28 @@ pub(crate) fn onion_peel(
     let w = level.width;
     let rings = &distance.rings;
     // Candidate sources: a regular subsample of all valid centres keeps the search cheap at
-    // this small scale while covering the whole known area.
+    // this small scale while covering the whole known area. A known area too thin to meet the
+    // subsampling grid keeps all its centres.
     let stride = (sources.list.len() as f32 / MAX_CANDIDATES as f32)
         .sqrt()
         .ceil() as usize;
-    let stride = stride.max(1);
-    let candidates: Vec<Candidate> = sources
-        .list
-        .iter()
-        .map(|&s| s as usize)
-        .filter(|&s| (s % w) % stride == 0 && (s / w) % stride == 0)
-        .map(|s| Candidate {
-            index: s,
-            x: (s % w) as f32,
-            y: (s / w) as f32,
-        })
-        .collect();
+    let subsample = |stride: usize| -> Vec<Candidate> {
+        sources
+            .list
+            .iter()
+            .map(|&s| s as usize)
+            .filter(|&s| (s % w) % stride == 0 && (s / w) % stride == 0)
+            .map(|s| Candidate {
+                index: s,
+                x: (s % w) as f32,
+                y: (s / w) as f32,
+            })
+            .collect()
+    };
+    let mut candidates = subsample(stride.max(1));
+    if candidates.is_empty() {
+        candidates = subsample(1);
+    }
     let mut filled = level.known.clone();
     for (ring_index, ring) in rings.iter().enumerate() {
         let (current, filled_ref) = (&*level, &filled);

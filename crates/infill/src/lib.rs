@@ -239,6 +239,20 @@ mod tests {
     }
 
     #[test]
+    fn a_known_area_one_patch_wide_and_very_long_is_used() {
+        // One column of patch centres (x = 3), longer than the first guess's candidate budget:
+        // subsampling every other column would leave no candidate at all.
+        let image = stripes(10, 4200);
+        let mask = right_mask(10, 4200, 7);
+        let out = inpaint(&image, &mask, &InfillParams::default()).unwrap();
+        for (x, y, p) in out.enumerate_pixels() {
+            if x < 7 {
+                assert_eq!(p, image.get_pixel(x, y));
+            }
+        }
+    }
+
+    #[test]
     fn known_pixels_are_untouched_and_unknown_ones_filled() {
         let mut image = stripes(160, 120);
         let mask = right_mask(160, 120, 100);

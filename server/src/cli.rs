@@ -223,8 +223,9 @@ pub struct GenerationArgs {
     #[arg(long, value_name = "SEED")]
     pub seed: Option<u64>,
 
-    /// What the new area should show, at most 2500 characters. Recorded and passed to the
-    /// backend; the default infill backend ignores it.
+    /// What the new area should show, at most 2500 characters. Passed to the backend (the
+    /// default infill backend ignores it) and recorded in PNG results, with the seed and the
+    /// other settings, as a "parameters" text entry (the layout A1111 uses).
     #[arg(long, value_name = "TEXT")]
     pub prompt: Option<String>,
 

@@ -144,6 +144,34 @@ mod expand {
     }
 
     #[test]
+    fn prompt_and_seed_are_recorded_in_the_png() {
+        let dir = tempfile::tempdir().unwrap();
+        write_png(&dir.path().join("in.png"), textured(320, 300));
+        let args = [
+            "expand",
+            "in.png",
+            "-d",
+            "right",
+            "--seed",
+            "42",
+            "--prompt",
+            "a red barn at dusk",
+            "-o",
+            "out.png",
+        ];
+        assert_success(&outpaint(dir.path(), &args));
+        let bytes = std::fs::read(dir.path().join("out.png")).unwrap();
+        let seed = outpaint_engine::seed::variation_seeds(42, 1)[0];
+        let expected = format!("a red barn at dusk\nSeed: {seed}, Backend: infill, Size: 480x300");
+        assert!(
+            bytes
+                .windows(expected.len())
+                .any(|w| w == expected.as_bytes()),
+            "{expected:?} not found in the PNG"
+        );
+    }
+
+    #[test]
     fn per_side_form_gives_the_same_canvas_as_the_simple_form() {
         let dir = tempfile::tempdir().unwrap();
         let input = coffee();

@@ -522,6 +522,32 @@ pub fn encode_with_icc_profile(
     Ok(out)
 }
 
+/// Adds a UTF-8 text entry (an `iTXt` chunk) to an encoded PNG, just before its end, where
+/// image viewers and tools such as `exiftool` or A1111-style readers find it. `keyword` is 1–79
+/// Latin-1 characters without NUL. Bytes that do not end in a PNG `IEND` chunk are left as
+/// they are.
+pub fn add_png_text(png: &mut Vec<u8>, keyword: &str, text: &str) {
+    const IEND_LEN: usize = 12;
+    if png.len() < 8 + IEND_LEN || &png[png.len() - 8..png.len() - 4] != b"IEND" {
+        return;
+    }
+    // Keyword, NUL, uncompressed (0, 0), empty language tag and translated keyword (NUL, NUL).
+    let mut data = Vec::with_capacity(keyword.len() + 5 + text.len());
+    data.extend_from_slice(keyword.as_bytes());
+    data.extend_from_slice(&[0, 0, 0, 0, 0]);
+    data.extend_from_slice(text.as_bytes());
+    let Ok(length) = u32::try_from(data.len()) else {
+        return;
+    };
+    let mut chunk = Vec::with_capacity(data.len() + 12);
+    chunk.extend_from_slice(&length.to_be_bytes());
+    chunk.extend_from_slice(b"iTXt");
+    chunk.extend_from_slice(&data);
+    chunk.extend_from_slice(&crc32fast::hash(&chunk[4..]).to_be_bytes());
+    let at = png.len() - IEND_LEN;
+    png.splice(at..at, chunk);
+}
+
 fn with_profile(
     mut encoder: impl ImageEncoder,
     profile: Option<&[u8]>,
@@ -801,6 +827,53 @@ mod tests {
 
     fn profile_of(bytes: &[u8]) -> Option<Vec<u8>> {
         decode(bytes, &Limits::default()).unwrap().icc_profile
+    }
+
+    /// The `iTXt` entries of a PNG, each chunk's CRC checked.
+    fn png_texts(png: &[u8]) -> Vec<(String, String)> {
+        let mut texts = Vec::new();
+        let mut at = 8;
+        while at + 12 <= png.len() {
+            let length = u32::from_be_bytes(png[at..at + 4].try_into().unwrap()) as usize;
+            let chunk = &png[at + 4..at + 8 + length];
+            let crc =
+                u32::from_be_bytes(png[at + 8 + length..at + 12 + length].try_into().unwrap());
+            assert_eq!(
+                crc,
+                crc32fast::hash(chunk),
+                "CRC of a {:?} chunk",
+                &chunk[..4]
+            );
+            if &chunk[..4] == b"iTXt" {
+                let data = &chunk[4..];
+                let nul = data.iter().position(|&b| b == 0).unwrap();
+                let keyword = String::from_utf8(data[..nul].to_vec()).unwrap();
+                let text = String::from_utf8(data[nul + 5..].to_vec()).unwrap();
+                texts.push((keyword, text));
+            }
+            at += 12 + length;
+        }
+        texts
+    }
+
+    #[test]
+    fn png_text_is_a_valid_chunk_and_the_image_still_decodes() {
+        let image = DynamicImage::ImageRgb8(RgbImage::from_pixel(40, 30, Rgb([9, 80, 200])));
+        let mut png = encode(&image, OutputFormat::Png).unwrap();
+        add_png_text(&mut png, "parameters", "une grange rouge, 夕焼け\nSeed: 7");
+        assert_eq!(
+            png_texts(&png),
+            vec![(
+                "parameters".to_string(),
+                "une grange rouge, 夕焼け\nSeed: 7".to_string()
+            )]
+        );
+        assert_eq!(image::load_from_memory(&png).unwrap(), image);
+        // Not a PNG: left alone.
+        let mut jpeg = encode(&image, OutputFormat::Jpeg).unwrap();
+        let before = jpeg.clone();
+        add_png_text(&mut jpeg, "parameters", "x");
+        assert_eq!(jpeg, before);
     }
 
     #[test]

@@ -379,14 +379,20 @@ impl Engine {
             debug_span!("encode", format = options.output_format.name()).in_scope(|| {
                 finished
                     .par_iter()
-                    .map(|image| {
-                        codec::encode_with_icc_profile(
+                    .zip(&seeds)
+                    .map(|(image, &variation_seed)| {
+                        let mut bytes = codec::encode_with_icc_profile(
                             image,
                             options.output_format,
                             source.icc_profile.as_deref(),
-                        )
+                        )?;
+                        if options.output_format == OutputFormat::Png {
+                            let text = parameters(options, backend.name(), &plan, variation_seed);
+                            codec::add_png_text(&mut bytes, "parameters", &text);
+                        }
+                        Ok(bytes)
                     })
-                    .collect::<Result<Vec<_>, _>>()
+                    .collect::<Result<Vec<_>, EngineError>>()
             })?;
         let timings = Timings {
             plan: plan_time,
@@ -405,6 +411,36 @@ impl Engine {
             timings,
         })
     }
+}
+
+/// How a result was made, in the A1111 "parameters" layout that image tools already read: the
+/// prompt, then `Negative prompt: …`, then one line of settings. Stored in PNG results, so that
+/// the prompt given to a backend that ignores it is still recorded, and any result can be made
+/// again from its file.
+fn parameters(options: &ExpandOptions, backend: &str, plan: &CanvasPlan, seed: u64) -> String {
+    let mut text = options.prompt.clone().unwrap_or_default();
+    if let Some(negative) = &options.negative_prompt {
+        text.push_str("\nNegative prompt: ");
+        text.push_str(negative);
+    }
+    let box_ = &plan.original;
+    text.push_str(&format!(
+        "\nSeed: {seed}, Backend: {backend}, Size: {}x{}, Original: {}x{} at {},{}, Software: outpaint {}",
+        plan.width,
+        plan.height,
+        box_.width,
+        box_.height,
+        box_.x,
+        box_.y,
+        env!("CARGO_PKG_VERSION"),
+    ));
+    if let Some(steps) = options.steps {
+        text.push_str(&format!(", Steps: {steps}"));
+    }
+    if let Some(scale) = options.guidance_scale {
+        text.push_str(&format!(", CFG scale: {scale}"));
+    }
+    text
 }
 
 /// Width of the band, on the generated side, over which a redrawn canvas is blended into the
@@ -495,6 +531,26 @@ mod tests {
         for image in decode_all(&expanded) {
             assert_eq!(image.dimensions(), (480, 300));
             assert!(box_is_exact(&image, &expanded.plan));
+        }
+    }
+
+    #[test]
+    fn png_results_record_the_prompt_and_their_own_seed() {
+        let mut request = request(2, Some(11));
+        request.options.prompt = Some("a red barn".into());
+        request.options.negative_prompt = Some("people".into());
+        let expanded = Engine::default().expand(&request).unwrap();
+        for (bytes, seed) in expanded.images.iter().zip(&expanded.seeds) {
+            let expected = format!(
+                "parameters\0\0\0\0\0a red barn\nNegative prompt: people\nSeed: {seed}, \
+                 Backend: infill, Size: 480x300, Original: 320x300 at 80,0"
+            );
+            assert!(
+                bytes
+                    .windows(expected.len())
+                    .any(|w| w == expected.as_bytes()),
+                "no parameters entry for seed {seed}"
+            );
         }
     }
 

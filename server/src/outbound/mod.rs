@@ -16,7 +16,10 @@
 #![allow(dead_code, unused_imports)]
 
 mod error;
+mod fetch;
 mod guard;
+#[cfg(test)]
+mod test_server;
 
 use std::sync::Arc;
 use std::time::Duration;

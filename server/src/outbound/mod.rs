@@ -20,6 +20,7 @@ mod fetch;
 mod guard;
 #[cfg(test)]
 mod test_server;
+mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,7 @@ use std::time::Duration;
 use url::Url;
 
 pub use error::OutboundError;
+pub use webhook::{WebhookSecretError, WebhookSigner};
 
 use guard::GuardedResolver;
 

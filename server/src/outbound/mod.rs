@@ -15,6 +15,7 @@
 // Nothing calls this module yet; the lead removes these allows when `serve` uses it.
 #![allow(dead_code, unused_imports)]
 
+mod deliveries;
 mod error;
 mod fetch;
 mod guard;
@@ -27,6 +28,7 @@ use std::time::Duration;
 
 use url::Url;
 
+pub use deliveries::{RetryPolicy, run_deliveries};
 pub use error::OutboundError;
 pub use webhook::{WebhookSecretError, WebhookSigner};
 

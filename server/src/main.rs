@@ -11,6 +11,7 @@ mod cli;
 mod expand;
 mod files;
 mod logging;
+mod outbound;
 
 use std::io::Write;
 use std::path::Path;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{HeaderValue, Method, header};
+use axum::http::{HeaderValue, Method, Version, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -86,6 +86,15 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
+    // An HTTP/1 request refused before its body was read leaves that body in the connection;
+    // such a connection must close, and the client must be told (`Connection: close`), or its
+    // next request on it fails.
+    let unread_body_possible = request.version() < Version::HTTP_2
+        && (request.headers().contains_key(header::TRANSFER_ENCODING)
+            || request
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|length| length != "0"));
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()

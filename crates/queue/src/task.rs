@@ -170,7 +170,9 @@ pub enum StoreError {
     #[error("the queue is full ({max} tasks waiting); retry later")]
     QueueFull { max: u64 },
     /// Occurs when the account already has its maximum of unfinished tasks.
-    #[error("this account already has {max} unfinished tasks, the most allowed; retry when some finish")]
+    #[error(
+        "this account already has {max} unfinished tasks, the most allowed; retry when some finish"
+    )]
     AccountBusy { max: u64 },
     /// Occurs when the lease expired and the task was taken again, or the task is gone.
     #[error("the lease on task {task_id} is no longer held")]

@@ -59,3 +59,28 @@ async fn a_full_account_answers_1303_and_others_go_on() {
     two.post(SIMPLE, &body).await.error(429, 1303);
     one.post(SIMPLE, &body).await.error(429, 1303);
 }
+
+#[tokio::test]
+async fn a_rate_limit_answers_1302() {
+    // Two requests per second per account, in bursts of at most two.
+    let server = server()
+        .args(["--backend", "edge", "--workers", "0", "--rate-limit", "2"])
+        .key("ak-one", "sk-one-0123456789")
+        .key("ak-two", "sk-two-0123456789")
+        .start();
+    let one = server.api_as("ak-one", "sk-one-0123456789");
+    let two = server.api_as("ak-two", "sk-two-0123456789");
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        codes.push(one.get(SIMPLE).await);
+    }
+    let limited = codes.iter().filter(|r| r.status == 429).count();
+    assert!(limited >= 3, "6 quick requests at 2/s: {codes:?}");
+    for reply in codes.iter().filter(|r| r.status == 429) {
+        reply.error(429, 1302);
+    }
+    // Another account has its own allowance; and the first one's comes back with time.
+    two.get(SIMPLE).await.ok();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    one.get(SIMPLE).await.ok();
+}

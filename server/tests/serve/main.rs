@@ -12,10 +12,10 @@
 //! - `paging`: list order, pages and their bounds;
 //! - `callbacks`: deliveries, Standard Webhooks signatures, retries, a receiver that is down;
 //! - `durability`: kill -9 and SIGTERM with tasks queued and running, then a restart;
-//! - `limits`: a full queue and a full account answer 429 / 1303.
+//! - `limits`: a full queue and a full account answer 429 / 1303, a rate limit 429 / 1302.
 //!
 //! Codes of SPEC 3 that no client can cause on purpose are not tested here: 1103 (nothing in
-//! SPEC grants per-resource permissions), 1302 (no rate limit is configurable), 5000–5002.
+//! SPEC grants per-resource permissions) and 5000–5002.
 
 mod harness;
 

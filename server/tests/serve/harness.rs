@@ -745,10 +745,7 @@ impl Received {
                 now()
             ));
         }
-        let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
-        mac.update(format!("{id}.{timestamp}.").as_bytes());
-        mac.update(&self.body);
-        let expected = format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()));
+        let expected = signature(key, id, timestamp, &self.body);
         if signatures.split(' ').any(|s| s == expected) {
             Ok(())
         } else {
@@ -757,6 +754,30 @@ impl Received {
             ))
         }
     }
+}
+
+/// The Standard Webhooks `v1` signature of a delivery.
+fn signature(key: &[u8], id: &str, timestamp: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
+}
+
+/// The harness's own check against the example in the Standard Webhooks specification, so that
+/// a signature failure in a test points at the server.
+#[test]
+fn signature_matches_the_standard_webhooks_example() {
+    let key = BASE64.decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+    assert_eq!(
+        signature(
+            &key,
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            "1614265330",
+            br#"{"test": 2432232314}"#
+        ),
+        "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    );
 }
 
 #[derive(Default)]
@@ -889,4 +910,21 @@ fn local_handler(
         }
         None => StatusCode::NOT_FOUND.into_response(),
     }
+}
+
+/// The local server itself: files served, POSTs recorded, failures on demand.
+#[tokio::test]
+async fn local_server_serves_records_and_fails_on_demand() {
+    let local = Local::start().await;
+    let url = local.put("/a.png", "image/png", vec![1, 2, 3]);
+    let http = client();
+    let response = http.get(&url).send().await.unwrap();
+    assert_eq!(response.headers()["content-type"], "image/png");
+    assert_eq!(response.bytes().await.unwrap().as_ref(), [1, 2, 3]);
+    local.fail_next(1);
+    let post = |body: &'static str| http.post(format!("{}/hook", local.url)).body(body).send();
+    assert_eq!(post(r#"{"task_id": "t"}"#).await.unwrap().status(), 503);
+    assert_eq!(post(r#"{"task_id": "t"}"#).await.unwrap().status(), 200);
+    assert_eq!(local.callbacks_for("t").len(), 1);
+    assert_eq!(local.received()[0].path, "/hook");
 }

@@ -13,6 +13,8 @@ use outpaint_canvas::geometry::{PER_SIDE_RATIO_RANGE, UNIFORM_RATIO_RANGE};
 use outpaint_canvas::{Expansion, Limits, Sides};
 use outpaint_engine::{ExpandOptions, InfillBackend, MAX_VARIATIONS, OutputFormat};
 
+pub use crate::serve::config::ServeArgs;
+
 /// Expand photos beyond their borders. The original's pixels are kept exactly; only the new
 /// area is generated.
 #[derive(Debug, Parser)]
@@ -46,6 +48,13 @@ pub enum Command {
     ///
     /// Example: outpaint batch photos/ 'more/*.png' --out wide/ --direction left,right
     Batch(BatchArgs),
+    /// Serve the Kling-compatible image-expansion API, with a durable task queue.
+    ///
+    /// Tasks, their results and pending callbacks live under --data-dir and survive restarts
+    /// and crashes. Without --access-key, authentication is off (local, single-user use).
+    ///
+    /// Example: outpaint serve --bind 0.0.0.0:8080 --access-key AK --secret-key SK
+    Serve(Box<ServeArgs>),
 }
 
 /// Flags of `outpaint expand`.
@@ -233,8 +242,9 @@ pub struct GenerationArgs {
     #[arg(long, value_name = "TEXT")]
     pub negative_prompt: Option<String>,
 
-    /// Backend that generates the new pixels. infill (weight-free PatchMatch: copies texture
-    /// from the photo itself, needs no download) is the only one for now.
+    /// Backend that generates the new pixels: infill (weight-free PatchMatch: continues the
+    /// photo's own textures, needs no download), or edge (repeats the border pixels outwards:
+    /// instant but streaky; a baseline, and for load tests).
     #[arg(long, env = "OUTPAINT_BACKEND", value_name = "NAME", default_value = InfillBackend::NAME)]
     pub backend: String,
 }

@@ -5,8 +5,8 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber: RUST_LOG when set, else `warn`, raised by each `-v`
-/// (info, debug, trace).
-pub fn init(verbose: u8) {
+/// (info, debug, trace); one JSON object per line with `json`.
+pub fn init(verbose: u8, json: bool) {
     let level = match verbose {
         0 => "warn",
         1 => "info",
@@ -19,10 +19,13 @@ pub fn init(verbose: u8) {
             .parse_lossy(directives),
         _ => EnvFilter::new(level),
     };
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+        .with_target(false);
+    if json {
+        builder.json().with_current_span(true).init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }

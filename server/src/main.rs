@@ -1,4 +1,4 @@
-//! `outpaint`: the command line over the outpainting engine.
+//! `outpaint`: the command line over the outpainting engine, and its HTTP server (`serve`).
 //!
 //! Thin by design (ripgrep's `core` is the model): `cli` turns flags into engine types, `expand`
 //! and `batch` read files, call [`outpaint_engine::Engine`] and write results. Errors are
@@ -11,6 +11,8 @@ mod cli;
 mod expand;
 mod files;
 mod logging;
+mod outbound;
+mod serve;
 
 use std::io::Write;
 use std::path::Path;
@@ -22,13 +24,20 @@ use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.verbose);
+    match &cli.command {
+        Command::Serve(args) => logging::init(
+            cli.verbose.max(1),
+            args.log_format == serve::config::LogFormat::Json,
+        ),
+        _ => logging::init(cli.verbose, false),
+    }
     let result = match &cli.command {
         Command::Expand(args) => expand::run(args).map(|()| ExitCode::SUCCESS),
         Command::Batch(args) => batch::run(args).map(|outcome| match outcome {
             batch::Outcome::AllDone => ExitCode::SUCCESS,
             batch::Outcome::SomeFailed => ExitCode::FAILURE,
         }),
+        Command::Serve(args) => serve::run(args).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|err| {
         if let Some(usage) = err.downcast_ref::<clap::Error>() {

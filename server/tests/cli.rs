@@ -543,7 +543,7 @@ mod bad_input {
         );
         usage_error(
             &["expand", "in.png", "-d", "left", "--backend", "sdxl"],
-            "unknown backend \"sdxl\"; available: infill",
+            "unknown backend \"sdxl\"; available: edge, infill",
         );
     }
 

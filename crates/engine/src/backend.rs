@@ -151,6 +151,42 @@ impl Backend for InfillBackend {
     }
 }
 
+/// A trivial, very fast backend: every new pixel repeats the nearest pixel of the original's
+/// border (OpenCV's `BORDER_REPLICATE`), giving streaks straight outwards.
+///
+/// Not meant for good-looking results: it is the floor to compare real backends against, and
+/// the backend for load tests of the server, where the generation must cost next to nothing.
+/// Ignores prompts and seeds (every variation is the same).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EdgeBackend;
+
+impl EdgeBackend {
+    /// The name requests use for this backend.
+    pub const NAME: &'static str = "edge";
+}
+
+impl Backend for EdgeBackend {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn keeps_original(&self) -> bool {
+        true
+    }
+
+    fn generate(&self, job: &GenerationJob<'_>) -> Result<Vec<RgbImage>, BackendError> {
+        let b = job.plan.original;
+        let canvas = RgbImage::from_fn(job.plan.width, job.plan.height, |x, y| {
+            let sx = x.clamp(b.x, b.right() - 1);
+            let sy = y.clamp(b.y, b.bottom() - 1);
+            *job.canvas.get_pixel(sx, sy)
+        });
+        let total = u32::try_from(job.seeds.len()).unwrap_or(u32::MAX);
+        job.report(total, total);
+        Ok(vec![canvas; job.seeds.len()])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,5 +251,31 @@ mod tests {
             InfillBackend::default().generate(&job),
             Err(BackendError::Cancelled)
         ));
+    }
+
+    #[test]
+    fn edge_repeats_the_nearest_border_pixel() {
+        let (canvas, p, mask) = job_parts();
+        let cancel = AtomicBool::new(false);
+        let job = GenerationJob {
+            canvas: &canvas,
+            plan: &p,
+            mask: &mask,
+            prompt: None,
+            negative_prompt: None,
+            seeds: &[1, 2],
+            steps: None,
+            guidance_scale: None,
+            progress: &|_| {},
+            cancel: &cancel,
+        };
+        let images = EdgeBackend.generate(&job).unwrap();
+        assert_eq!(images.len(), 2);
+        let last_column = p.original.right() - 1;
+        for y in [0, 150, 299] {
+            for x in [last_column + 1, p.width - 1] {
+                assert_eq!(images[0].get_pixel(x, y), canvas.get_pixel(last_column, y));
+            }
+        }
     }
 }

@@ -1008,4 +1008,59 @@ mod tests {
         .unwrap();
         assert!(jpeg.grayscale);
     }
+
+    mod fuzz {
+        //! Decoding untrusted bytes: corrupted, truncated or random files are errors a client
+        //! can act on (bad input), never a panic.
+
+        use super::*;
+        use proptest::prelude::*;
+        use std::sync::OnceLock;
+
+        /// A small valid file of each accepted format.
+        fn samples() -> &'static [Vec<u8>] {
+            static SAMPLES: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+            SAMPLES.get_or_init(|| {
+                let image: DynamicImage = photo(40, 30).into();
+                OutputFormat::ALL
+                    .iter()
+                    .map(|&format| encode(&image, format).unwrap())
+                    .collect()
+            })
+        }
+
+        fn check(bytes: &[u8]) -> Result<(), TestCaseError> {
+            if let Err(err) = decode(bytes, &Limits::default()) {
+                prop_assert!(err.is_invalid_input(), "{err}");
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1500))]
+
+            #[test]
+            fn random_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+                check(&bytes)?;
+            }
+
+            #[test]
+            fn corrupted_files(
+                which in 0usize..3,
+                flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+                cut in any::<prop::sample::Index>(),
+                truncate in any::<bool>(),
+            ) {
+                let mut bytes = samples()[which].clone();
+                for (at, value) in flips {
+                    let i = at.index(bytes.len());
+                    bytes[i] = value;
+                }
+                if truncate {
+                    bytes.truncate(cut.index(bytes.len()));
+                }
+                check(&bytes)?;
+            }
+        }
+    }
 }

@@ -11,9 +11,9 @@ use outpaint_canvas::{CanvasPlan, Expansion, Limits, composite};
 use rayon::prelude::*;
 use tracing::{debug, debug_span, info, info_span};
 
-use crate::backend::{Backend, BackendError, GenerationJob, InfillBackend, Progress};
+use crate::backend::{Backend, BackendError, EdgeBackend, GenerationJob, InfillBackend, Progress};
 use crate::codec::{self, DecodedImage, OutputFormat};
-use crate::{EngineError, seed};
+use crate::{EngineError, seed, watermark};
 
 /// Most variations one request may ask for (SPEC: `n` in 1..9).
 pub const MAX_VARIATIONS: u32 = 9;
@@ -43,6 +43,8 @@ pub struct ExpandOptions {
     pub steps: Option<u32>,
     /// Guidance scale, for backends that use it; finite and not negative.
     pub guidance_scale: Option<f32>,
+    /// Also make a visibly watermarked copy of each result ([`Expanded::watermarked`]).
+    pub watermark: bool,
 }
 
 impl Default for ExpandOptions {
@@ -56,6 +58,7 @@ impl Default for ExpandOptions {
             output_format: OutputFormat::default(),
             steps: None,
             guidance_scale: None,
+            watermark: false,
         }
     }
 }
@@ -76,6 +79,8 @@ pub struct ExpandRequest {
 pub struct Expanded {
     /// One encoded image per variation, in order.
     pub images: Vec<Vec<u8>>,
+    /// With [`ExpandOptions::watermark`], a watermarked copy of each image; else empty.
+    pub watermarked: Vec<Vec<u8>>,
     /// Their format.
     pub format: OutputFormat,
     /// The canvas and the original's box in it.
@@ -94,8 +99,10 @@ impl std::fmt::Debug for Expanded {
     /// The images' sizes instead of their bytes.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let sizes: Vec<usize> = self.images.iter().map(Vec::len).collect();
+        let watermarked: Vec<usize> = self.watermarked.iter().map(Vec::len).collect();
         f.debug_struct("Expanded")
             .field("image_bytes", &sizes)
+            .field("watermarked_bytes", &watermarked)
             .field("format", &self.format)
             .field("plan", &self.plan)
             .field("seed", &self.seed)
@@ -171,7 +178,8 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// An engine with the given limits and the `infill` backend, which is the default.
+    /// An engine with the given limits and the weight-free backends: `infill`, the default, and
+    /// `edge`.
     pub fn new(limits: Limits) -> Self {
         let mut engine = Engine {
             backends: BTreeMap::new(),
@@ -179,6 +187,7 @@ impl Engine {
             limits,
         };
         engine.register(Arc::new(InfillBackend::default()));
+        engine.register(Arc::new(EdgeBackend));
         engine
     }
 
@@ -368,32 +377,46 @@ impl Engine {
                     // The guarantee of the whole product: whatever the backend did, the
                     // original's box holds the original's pixels.
                     composite::paste_original(&mut image, &source.rgb, &plan);
-                    codec::output_image(image, source, &plan)
+                    let marked = options.watermark.then(|| {
+                        let mut marked = image.clone();
+                        watermark::apply(&mut marked);
+                        codec::output_image(marked, source, &plan)
+                    });
+                    (codec::output_image(image, source, &plan), marked)
                 })
                 .collect()
         });
         let composite_time = started.elapsed();
 
         let started = Instant::now();
-        let images =
+        let encode = |image: &image::DynamicImage, variation_seed: u64| {
+            let mut bytes = codec::encode_with_icc_profile(
+                image,
+                options.output_format,
+                source.icc_profile.as_deref(),
+            )?;
+            if options.output_format == OutputFormat::Png {
+                let text = parameters(options, backend.name(), &plan, variation_seed);
+                codec::add_png_text(&mut bytes, "parameters", &text);
+            }
+            Ok::<_, EngineError>(bytes)
+        };
+        let encoded =
             debug_span!("encode", format = options.output_format.name()).in_scope(|| {
                 finished
                     .par_iter()
                     .zip(&seeds)
-                    .map(|(image, &variation_seed)| {
-                        let mut bytes = codec::encode_with_icc_profile(
-                            image,
-                            options.output_format,
-                            source.icc_profile.as_deref(),
-                        )?;
-                        if options.output_format == OutputFormat::Png {
-                            let text = parameters(options, backend.name(), &plan, variation_seed);
-                            codec::add_png_text(&mut bytes, "parameters", &text);
-                        }
-                        Ok(bytes)
+                    .map(|((image, marked), &variation_seed)| {
+                        let marked = marked
+                            .as_ref()
+                            .map(|marked| encode(marked, variation_seed))
+                            .transpose()?;
+                        Ok((encode(image, variation_seed)?, marked))
                     })
                     .collect::<Result<Vec<_>, EngineError>>()
             })?;
+        let (images, watermarked): (Vec<_>, Vec<_>) = encoded.into_iter().unzip();
+        let watermarked = watermarked.into_iter().flatten().collect();
         let timings = Timings {
             plan: plan_time,
             generate: generate_time,
@@ -403,6 +426,7 @@ impl Engine {
         debug!(?timings, seed, "expanded");
         Ok(Expanded {
             images,
+            watermarked,
             format: options.output_format,
             plan,
             seed,
@@ -555,6 +579,26 @@ mod tests {
     }
 
     #[test]
+    fn watermarked_copies_come_with_untouched_results() {
+        let mut marked = request(2, Some(3));
+        marked.options.watermark = true;
+        let engine = Engine::default();
+        let expanded = engine.expand(&marked).unwrap();
+        let plain = engine.expand(&request(2, Some(3))).unwrap();
+        assert_eq!(
+            expanded.images, plain.images,
+            "the results themselves carry no mark"
+        );
+        assert_eq!(expanded.watermarked.len(), 2);
+        for (image, copy) in decode_all(&expanded).iter().zip(&expanded.watermarked) {
+            let copy = codec::decode(copy, &Limits::default()).unwrap().rgb;
+            assert_eq!(copy.dimensions(), image.dimensions());
+            assert_ne!(&copy, image);
+        }
+        assert!(plain.watermarked.is_empty());
+    }
+
+    #[test]
     fn seeds_are_reproducible_and_variations_distinct() {
         let engine = Engine::default();
         let a = engine.expand(&request(3, Some(7))).unwrap();
@@ -599,7 +643,7 @@ mod tests {
     invalid_option!(
         unknown_backend,
         backend: Some("sdxl".to_string()),
-        "unknown backend \"sdxl\"; available: infill"
+        "unknown backend \"sdxl\"; available: edge, infill"
     );
     invalid_option!(zero_steps, steps: Some(0), "steps must be in 1..=500, got 0");
     invalid_option!(

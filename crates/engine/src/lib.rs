@@ -32,8 +32,9 @@ pub mod codec;
 mod engine;
 mod error;
 pub mod seed;
+pub mod watermark;
 
-pub use backend::{Backend, BackendError, GenerationJob, InfillBackend, Progress};
+pub use backend::{Backend, BackendError, EdgeBackend, GenerationJob, InfillBackend, Progress};
 pub use codec::{DecodedImage, OutputFormat};
 pub use engine::{
     Engine, ExpandOptions, ExpandRequest, Expanded, JobControl, MAX_PROMPT_CHARS, MAX_STEPS,

@@ -43,7 +43,7 @@ fn body() -> serde_json::Value {
 
 /// Sends a create, a query and a list with this exact `Authorization` value (None: no header).
 async fn every_route_with(server: &Server, authorization: Option<&str>) -> Vec<Reply> {
-    let api = server.api();
+    let api = server.api().fresh_connections();
     let body = serde_json::to_vec(&body()).unwrap();
     let mut replies = Vec::new();
     for family in [SIMPLE, OFFICIAL] {

@@ -26,7 +26,7 @@ async fn post_raw(api: &Api, path: &str, content_type: Option<&str>, body: &[u8]
 #[tokio::test]
 async fn malformed_requests_are_1200() {
     let server = validating();
-    let api = server.api();
+    let api = server.api().fresh_connections();
     let (_, image) = png_base64(300, 300);
     let good = serde_json::to_vec(&json!({"image": image, "direction": "right"})).unwrap();
     for family in [SIMPLE, OFFICIAL] {
@@ -68,7 +68,7 @@ async fn body_too_large_is_1200() {
     // Larger than any body limit a server should accept by default (16 MB is plenty for a
     // 10 MB image in base64).
     let server = validating();
-    let api = server.api();
+    let api = server.api().fresh_connections();
     let huge = format!(
         "{{\"direction\": \"right\", \"image\": \"{}\"}}",
         "A".repeat(24 << 20)
@@ -297,47 +297,95 @@ async fn images_that_break_a_rule_are_1201() {
 
 #[tokio::test]
 async fn operator_limits_are_1201() {
-    let server = server()
-        .args([
-            "--backend",
-            "edge",
-            "--workers",
-            "0",
-            "--max-file-mb",
-            "0.01",
-            "--min-side",
-            "350",
-        ])
-        .start();
+    let server = server_with(&["--max-file-mb", "0.01"]);
     let api = server.api();
     let big = png(&textured(400, 400));
     assert!(big.len() > 10_486, "the test image must exceed 0.01 MB");
-    let small = base64(&png(&textured(320, 400)));
-    let cases = vec![
-        (
-            json!({"image": base64(&big), "direction": "right"}),
-            "bytes",
-        ),
-        (json!({"image": small, "direction": "right"}), "350"),
-    ];
+    let cases = vec![(
+        json!({"image": base64(&big), "direction": "right"}),
+        "bytes",
+    )];
     assert_invalid(&api, SIMPLE, cases).await;
 
-    let server = server_with(&["--max-canvas-megapixels", "0.2", "--max-area-ratio", "2"]);
+    let server = server_with(&["--min-side", "310", "--max-canvas-megapixels", "0.15"]);
     let api = server.api();
-    let (_, image) = png_base64(300, 300);
+    let (_, image) = png_base64(310, 310);
     let cases = vec![
-        // 300×300 → 450×450 = 0.2025 MP.
-        (json!({"image": image, "direction": "all"}), "megapixels"),
-        // 300×300 → 900×300 = 3× the area.
+        // Each side at least 310 px.
+        (
+            json!({"image": base64(&png(&textured(300, 400))), "direction": "right"}),
+            "310",
+        ),
+        // 310×310 → 620×310 = 0.19 MP.
+        (
+            json!({"image": image, "direction": "right", "expansion_ratio": 2}),
+            "pixels",
+        ),
+    ];
+    assert_invalid(&api, SIMPLE, cases).await;
+    // 310×310 → 465×310 = 0.14 MP.
+    api.create(&json!({"image": image, "direction": "right"}))
+        .await;
+
+    let server = server_with(&["--max-area-ratio", "2"]);
+    let api = server.api();
+    let cases = vec![
+        // 310×310 → 930×310 = 3× the area.
         (
             json!({"image": image, "direction": "right", "expansion_ratio": 3}),
             "2",
         ),
     ];
     assert_invalid(&api, SIMPLE, cases).await;
-    // 300×300 → 600×300: 2× and 0.18 MP, both within.
+    // 310×310 → 620×310: 2×, within.
     api.create(&json!({"image": image, "direction": "right", "expansion_ratio": 2}))
         .await;
+}
+
+#[tokio::test]
+async fn an_early_rejection_does_not_break_the_next_request() {
+    // A request refused before its body was read (401 here) must not leave the client's
+    // keep-alive connection dead: the server either reads the body or says
+    // `Connection: close`. Otherwise the client's next request on that connection fails
+    // ("connection closed before message completed"), as the official SDKs' would.
+    let server = server()
+        .args(["--backend", "edge", "--workers", "0"])
+        .key("ak", "sk-0123456789")
+        .start();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    let (_, image) = png_base64(400, 300);
+    let body = serde_json::to_vec(&json!({"image": image, "direction": "right"})).unwrap();
+    let mut failures = Vec::new();
+    for round in 0..10 {
+        let refused = http
+            .post(format!("{}{SIMPLE}", server.url))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await;
+        if let Err(e) = &refused {
+            failures.push(format!("round {round}: the refused POST itself: {e:#}"));
+            continue;
+        }
+        let refused = refused.unwrap();
+        assert_eq!(refused.status(), 401);
+        let closing = refused
+            .headers()
+            .get("connection")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        let _ = refused.bytes().await;
+        let next = http.get(format!("{}/health", server.url)).send().await;
+        if let Err(e) = next {
+            failures.push(format!(
+                "round {round}: the next request failed (Connection: close sent: {closing}): {e:#}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 fn server_with(flags: &[&str]) -> Server {

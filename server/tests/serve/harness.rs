@@ -445,6 +445,19 @@ impl Api {
         self
     }
 
+    /// The same client with a new connection per request. For tests of requests refused
+    /// before their body is read: whether such a refusal spoils the keep-alive connection is
+    /// `errors::an_early_rejection_does_not_break_the_next_request`'s business alone.
+    pub fn fresh_connections(mut self) -> Api {
+        self.http = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        self
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

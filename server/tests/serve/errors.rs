@@ -368,7 +368,10 @@ async fn an_early_rejection_does_not_break_the_next_request() {
             .send()
             .await;
         if let Err(e) = &refused {
-            failures.push(format!("round {round}: the refused POST itself: {e:#}"));
+            failures.push(format!(
+                "round {round}: the refused POST itself: {}",
+                chain(e)
+            ));
             continue;
         }
         let refused = refused.unwrap();
@@ -381,7 +384,8 @@ async fn an_early_rejection_does_not_break_the_next_request() {
         let next = http.get(format!("{}/health", server.url)).send().await;
         if let Err(e) = next {
             failures.push(format!(
-                "round {round}: the next request failed (Connection: close sent: {closing}): {e:#}"
+                "round {round}: the next request failed (Connection: close sent: {closing}): {}",
+                chain(&e)
             ));
         }
     }

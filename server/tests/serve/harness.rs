@@ -78,7 +78,7 @@ pub struct Server {
     child: Option<Child>,
     /// The address from the `listening on` line.
     pub addr: SocketAddr,
-    /// `http://IP:PORT`, without a trailing slash.
+    /// `http://IP:PORT` (`https://` with TLS), without a trailing slash.
     pub url: String,
     data_dir: tempfile::TempDir,
     builder: ServerBuilder,
@@ -233,14 +233,16 @@ impl Server {
                 ));
             }
         };
-        let Some(addr) = line
-            .strip_prefix("listening on http://")
-            .and_then(|a| a.trim_end_matches('/').parse::<SocketAddr>().ok())
-        else {
+        let parsed = ["http", "https"].into_iter().find_map(|scheme| {
+            let rest = line.strip_prefix(&format!("listening on {scheme}://"))?;
+            let addr = rest.trim_end_matches('/').parse::<SocketAddr>().ok()?;
+            Some((scheme, addr))
+        });
+        let Some((scheme, addr)) = parsed else {
             let _ = child.kill();
             let _ = child.wait();
             return Err(format!(
-                "the first stdout line is {line:?}, not `listening on http://IP:PORT`"
+                "the first stdout line is {line:?}, not `listening on http(s)://IP:PORT`"
             ));
         };
         assert!(
@@ -249,7 +251,7 @@ impl Server {
         );
         assert_ne!(addr.port(), 0, "the line must carry the real port");
         self.addr = addr;
-        self.url = format!("http://{addr}");
+        self.url = format!("{scheme}://{addr}");
         self.child = Some(child);
         Ok(())
     }
@@ -497,7 +499,7 @@ impl Api {
         let response = request
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{method} {path}: no response: {e:#}"));
+            .unwrap_or_else(|e| panic!("{method} {path}: no response: {}", chain(&e)));
         let status = response.status().as_u16();
         let text = response.text().await.expect("a readable body");
         let body = serde_json::from_str(&text).unwrap_or_else(|_| {
@@ -574,7 +576,7 @@ impl Api {
             .get(url)
             .send()
             .await
-            .unwrap_or_else(|e| panic!("GET {url}: {e:#}"));
+            .unwrap_or_else(|e| panic!("GET {url}: {}", chain(&e)));
         assert_eq!(response.status(), 200, "GET {url}");
         let content_type = response
             .headers()
@@ -591,6 +593,17 @@ impl Api {
         let (_, bytes) = self.download(&url).await;
         decode(&bytes)
     }
+}
+
+/// An error and all its sources, on one line (reqwest's own message hides the cause).
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
 
 /// A reqwest client that ignores proxy settings (everything here is loopback).

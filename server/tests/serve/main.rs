@@ -4,8 +4,9 @@
 //!
 //! Where new tests go:
 //! - `harness`: starting, killing and restarting the server; the client; JWTs; images; the
-//!   local callback receiver and image host (no tests);
-//! - `routes`: every route answers, both families share one store, results are served;
+//!   local callback receiver and image host (and two checks of the harness itself);
+//! - `routes`: every route answers, both families share one store, results are served (also
+//!   over TLS);
 //! - `auth`: tokens (missing, malformed, wrong key, nbf, exp) and accounts seeing only their own;
 //! - `errors`: every SPEC 3 code a client can cause, and never a 5xx for bad input;
 //! - `geometry`: canvas size and pixel-exact originals for every direction form;

@@ -269,3 +269,39 @@ async fn public_url_is_the_base_of_result_urls() {
     let (_, bytes) = api.download(&format!("{}{path}", server.url)).await;
     assert_eq!(decode(&bytes).to_rgb8().dimensions(), (300, 450));
 }
+
+#[tokio::test]
+async fn tls_serves_the_api_and_the_results() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let server = edge()
+        .args(["--tls-cert", &format!("{fixtures}/tls-cert.pem")])
+        .args(["--tls-key", &format!("{fixtures}/tls-key.pem")])
+        .start();
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+    let certificate = std::fs::read(format!("{fixtures}/tls-cert.pem")).unwrap();
+    let mut api = server.api();
+    api.http = reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(reqwest::Certificate::from_pem(&certificate).unwrap())
+        .build()
+        .unwrap();
+    let (original, image) = png_base64(300, 300);
+    let id = api
+        .create(&json!({"image": image, "direction": "left"}))
+        .await;
+    let task = api.wait_succeed(&id, WAIT).await;
+    let url = result_url(&task, 0);
+    assert!(url.starts_with(&server.url), "{url}");
+    let result = api.result_image(&task, 0).await.to_rgb8();
+    assert_eq!(result.dimensions(), (450, 300));
+    assert_box_exact(&result, &original, 150, 0);
+    // Plain HTTP on the TLS port gets no API answer.
+    let plain = client()
+        .get(format!("http://{}{SIMPLE}", server.addr))
+        .send()
+        .await;
+    assert!(
+        plain.map_or(true, |r| r.status() != 200),
+        "plain HTTP must not be served on the TLS port"
+    );
+}

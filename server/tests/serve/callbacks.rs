@@ -1,6 +1,6 @@
 //! Callbacks (SPEC 4): each status change is POSTed to callback_url as the task object, signed
 //! the Standard Webhooks way when a secret is configured, and retried until the receiver
-//! answers 2xx, even when it is down at first.
+//! answers 2xx, even when it is down at first, and across a restart of the server.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -154,4 +154,28 @@ async fn a_receiver_down_at_first_gets_the_callback_when_it_comes_back() {
             .count(),
         1
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_deliveries_survive_a_restart() {
+    let port = reserve_port();
+    let mut server = signing_server(&whsec());
+    let api = server.api();
+    let (_, image) = png_base64(300, 300);
+    let id = api
+        .create(&json!({"image": image, "direction": "right",
+            "callback_url": format!("http://127.0.0.1:{port}/hook")}))
+        .await;
+    api.wait_succeed(&id, Duration::from_secs(30)).await;
+    // A delivery or two have failed; the server dies with them pending.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.kill9();
+    let receiver = Local::start_on(port).await;
+    server.restart();
+    let callbacks = receiver
+        .wait_status(&id, "succeed", Duration::from_secs(90))
+        .await;
+    for callback in &callbacks {
+        callback.verify(KEY).unwrap();
+    }
 }

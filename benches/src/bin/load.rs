@@ -18,6 +18,7 @@
 //! target/release/load --mode fill --tasks 1000
 //! ```
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Cursor};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -67,6 +68,10 @@ struct Args {
     /// Seconds of load (run mode).
     #[arg(long, default_value_t = 60)]
     duration: u64,
+    /// Milliseconds a client waits between two polls of its task (0: back to back, the most
+    /// query load).
+    #[arg(long, default_value_t = 0)]
+    poll_ms: u64,
     /// Tasks to queue (fill mode).
     #[arg(long, default_value_t = 1000)]
     tasks: usize,
@@ -243,7 +248,7 @@ async fn send(shared: &Shared, request: reqwest::RequestBuilder) -> Option<(u16,
 }
 
 /// One client: create, poll until finished, repeat until `end`.
-async fn client_loop(shared: Arc<Shared>, end: Instant) {
+async fn client_loop(shared: Arc<Shared>, end: Instant, poll: Duration) {
     let counters = &shared.counters;
     let mut creates = Vec::new();
     let mut queries = Vec::new();
@@ -281,6 +286,9 @@ async fn client_loop(shared: Arc<Shared>, end: Instant) {
         };
         let url = format!("{}/v1/images/expand/{id}", shared.base);
         while Instant::now() < end {
+            if !poll.is_zero() {
+                tokio::time::sleep(poll).await;
+            }
             let started = Instant::now();
             let reply = send(&shared, shared.http.get(&url)).await;
             queries.push(started.elapsed());
@@ -337,13 +345,17 @@ async fn run(args: &Args) -> Result<()> {
     let start = Instant::now();
     let end = start + Duration::from_secs(args.duration);
     let clients: Vec<_> = (0..args.clients)
-        .map(|_| tokio::spawn(client_loop(shared.clone(), end)))
+        .map(|_| {
+            let poll = Duration::from_millis(args.poll_ms);
+            tokio::spawn(client_loop(shared.clone(), end, poll))
+        })
         .collect();
     for client in clients {
         client.await?;
     }
     let elapsed = start.elapsed().as_secs_f64();
     let memory = memory(pid);
+    let server_view = server_timings(&shared.http, &base).await;
     drop(started);
 
     let c = &shared.counters;
@@ -354,9 +366,14 @@ async fn run(args: &Args) -> Result<()> {
     let queries_n = c.queries.load(Ordering::Relaxed);
     let creates_n = c.creates.load(Ordering::Relaxed);
     println!(
-        "load: {} clients, {:.1} s, 1 create body = {:.0} KiB ({}×{} JPEG, base64), server {base}",
+        "load: {} clients, {:.1} s, polls {}, 1 create body = {:.0} KiB ({}×{} JPEG, base64), server {base}",
         args.clients,
         elapsed,
+        if args.poll_ms == 0 {
+            "back to back".to_string()
+        } else {
+            format!("every {} ms", args.poll_ms)
+        },
         body_len as f64 / 1024.0,
         args.side,
         args.side
@@ -406,7 +423,92 @@ async fn run(args: &Args) -> Result<()> {
         queries_n as f64 / elapsed
     );
     println!("| server peak RSS (VmHWM) | {} |", mib(memory, true));
+    if !server_view.is_empty() {
+        println!();
+        println!("The server's own timings (its /metrics histograms, seconds; the route");
+        println!("`/v1/images/expand` is the creates here, `/{{id}}` the queries):");
+        println!();
+        println!("```");
+        println!("{server_view}");
+        println!("```");
+    }
     Ok(())
+}
+
+/// The server's view of the same run, from its `/metrics` histograms: per request route and
+/// per stage, the count, the mean and the bucket bounds of p50 and p99. Tells time spent in
+/// the server from time spent on the way (or in the client).
+async fn server_timings(http: &reqwest::Client, base: &str) -> String {
+    let Ok(response) = http.get(format!("{base}/metrics")).send().await else {
+        return String::new();
+    };
+    let text = response.text().await.unwrap_or_default();
+    // Per series (its labels without `le`): bucket bounds with cumulative counts, sum, count.
+    let mut series: BTreeMap<String, (Vec<(f64, f64)>, f64, f64)> = BTreeMap::new();
+    for line in text.lines() {
+        let Some((key, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        for metric in [
+            "outpaint_http_request_duration_seconds",
+            "outpaint_stage_duration_seconds",
+        ] {
+            let Some(rest) = key.strip_prefix(metric) else {
+                continue;
+            };
+            if let Some(labels) = rest.strip_prefix("_bucket{") {
+                let labels = labels.trim_end_matches('}');
+                let Some((others, le)) = labels.rsplit_once(",le=\"") else {
+                    continue;
+                };
+                let le = le.trim_end_matches('"');
+                let bound = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap_or(f64::NAN)
+                };
+                series
+                    .entry(others.to_string())
+                    .or_default()
+                    .0
+                    .push((bound, value));
+            } else if let Some(labels) = rest.strip_prefix("_sum{") {
+                series
+                    .entry(labels.trim_end_matches('}').to_string())
+                    .or_default()
+                    .1 = value;
+            } else if let Some(labels) = rest.strip_prefix("_count{") {
+                series
+                    .entry(labels.trim_end_matches('}').to_string())
+                    .or_default()
+                    .2 = value;
+            }
+        }
+    }
+    let bound = |buckets: &[(f64, f64)], count: f64, q: f64| -> String {
+        buckets
+            .iter()
+            .find(|(_, cumulative)| *cumulative >= q * count)
+            .map_or("?".into(), |(le, _)| format!("≤ {le}"))
+    };
+    series
+        .iter()
+        .filter(|(name, (_, _, count))| {
+            *count > 0.0 && (name.starts_with("stage=") || name.contains("/v1/images/expand"))
+        })
+        .map(|(name, (buckets, sum, count))| {
+            format!(
+                "{name}: n {count}, mean {:.4}, p50 {}, p99 {}",
+                sum / count,
+                bound(buckets, *count, 0.5),
+                bound(buckets, *count, 0.99)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 async fn fill(args: &Args) -> Result<()> {

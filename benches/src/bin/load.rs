@@ -435,6 +435,15 @@ async fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// One Prometheus histogram series.
+#[derive(Default)]
+struct Histogram {
+    /// Upper bounds with cumulative counts.
+    buckets: Vec<(f64, f64)>,
+    sum: f64,
+    count: f64,
+}
+
 /// The server's view of the same run, from its `/metrics` histograms: per request route and
 /// per stage, the count, the mean and the bucket bounds of p50 and p99. Tells time spent in
 /// the server from time spent on the way (or in the client).
@@ -443,8 +452,8 @@ async fn server_timings(http: &reqwest::Client, base: &str) -> String {
         return String::new();
     };
     let text = response.text().await.unwrap_or_default();
-    // Per series (its labels without `le`): bucket bounds with cumulative counts, sum, count.
-    let mut series: BTreeMap<String, (Vec<(f64, f64)>, f64, f64)> = BTreeMap::new();
+    // Per series, named by its labels without `le`.
+    let mut series: BTreeMap<String, Histogram> = BTreeMap::new();
     for line in text.lines() {
         let Some((key, value)) = line.rsplit_once(' ') else {
             continue;
@@ -473,18 +482,18 @@ async fn server_timings(http: &reqwest::Client, base: &str) -> String {
                 series
                     .entry(others.to_string())
                     .or_default()
-                    .0
+                    .buckets
                     .push((bound, value));
             } else if let Some(labels) = rest.strip_prefix("_sum{") {
                 series
                     .entry(labels.trim_end_matches('}').to_string())
                     .or_default()
-                    .1 = value;
+                    .sum = value;
             } else if let Some(labels) = rest.strip_prefix("_count{") {
                 series
                     .entry(labels.trim_end_matches('}').to_string())
                     .or_default()
-                    .2 = value;
+                    .count = value;
             }
         }
     }
@@ -496,15 +505,16 @@ async fn server_timings(http: &reqwest::Client, base: &str) -> String {
     };
     series
         .iter()
-        .filter(|(name, (_, _, count))| {
-            *count > 0.0 && (name.starts_with("stage=") || name.contains("/v1/images/expand"))
+        .filter(|(name, h)| {
+            h.count > 0.0 && (name.starts_with("stage=") || name.contains("/v1/images/expand"))
         })
-        .map(|(name, (buckets, sum, count))| {
+        .map(|(name, h)| {
             format!(
-                "{name}: n {count}, mean {:.4}, p50 {}, p99 {}",
-                sum / count,
-                bound(buckets, *count, 0.5),
-                bound(buckets, *count, 0.99)
+                "{name}: n {}, mean {:.4}, p50 {}, p99 {}",
+                h.count,
+                h.sum / h.count,
+                bound(&h.buckets, h.count, 0.5),
+                bound(&h.buckets, h.count, 0.99)
             )
         })
         .collect::<Vec<_>>()

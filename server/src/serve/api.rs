@@ -102,11 +102,16 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         .to_string();
     let span = info_span!("request", %method, route, request_id = %extract::request_id());
     let timeout = state.request_timeout;
-    let response =
+    let mut response =
         match tokio::time::timeout(timeout, next.run(request).instrument(span.clone())).await {
             Ok(response) => response,
             Err(_) => ApiError::Timeout(timeout.as_secs()).into_response(),
         };
+    if unread_body_possible && !response.status().is_success() {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if let Some(InternalErrorMessage(message)) = response.extensions().get() {
         span.in_scope(|| error!(status = response.status().as_u16(), "{message}"));
     }

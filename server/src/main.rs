@@ -24,13 +24,13 @@ use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match &cli.command {
+    let _log_writer = match &cli.command {
         Command::Serve(args) => logging::init(
             cli.verbose.max(1),
             args.log_format == serve::config::LogFormat::Json,
         ),
         _ => logging::init(cli.verbose, false),
-    }
+    };
     let result = match &cli.command {
         Command::Expand(args) => expand::run(args).map(|()| ExitCode::SUCCESS),
         Command::Batch(args) => batch::run(args).map(|outcome| match outcome {

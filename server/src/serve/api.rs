@@ -224,25 +224,29 @@ async fn create(
         .expansion()
         .map_err(|e| ApiError::InvalidParameter(e.to_string()))?;
     let bytes = {
-        let _permit = state
-            .decode_permits
-            .acquire()
+        let waited = Instant::now();
+        let permit = Arc::clone(&state.decode_permits)
+            .acquire_owned()
             .await
             .map_err(|_| ApiError::Unavailable("the server is shutting down".to_string()))?;
+        state.metrics.record_stage("decode_wait", waited.elapsed());
         let engine = Arc::clone(&state.engine);
-        let started = Instant::now();
-        let checked = tokio::task::spawn_blocking(move || {
+        let (metrics, started) = (state.metrics.clone(), Instant::now());
+        tokio::task::spawn_blocking(move || {
             let image = engine.decode(&bytes)?;
             engine.plan(&image, &expansion)?;
+            // Released here, not when this request's task is polled again: on a busy server
+            // that can be much later, and the next create would wait for nothing.
+            drop(permit);
+            metrics.record_stage("decode", started.elapsed());
             Ok::<_, ApiError>(bytes)
         })
         .await
-        .map_err(|e| ApiError::Internal(format!("image check panicked: {e}")))??;
-        state.metrics.record_stage("decode", started.elapsed());
-        checked
+        .map_err(|e| ApiError::Internal(format!("image check panicked: {e}")))??
     };
     let spec = serde_json::to_string(&request.job)
         .map_err(|e| ApiError::Internal(format!("cannot serialise the job: {e}")))?;
+    let started = Instant::now();
     let task = state
         .store
         .create(
@@ -257,6 +261,7 @@ async fn create(
             state.admission,
         )
         .await?;
+    state.metrics.record_stage("enqueue", started.elapsed());
     state.work_available.notify_one();
     Ok(Envelope::ok(task_object(
         &task,

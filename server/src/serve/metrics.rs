@@ -50,8 +50,9 @@ impl Metrics {
         metrics::gauge!("outpaint_queue_depth").set(stats.submitted as f64);
     }
 
-    /// Time spent in one stage of a task: decode (at create), generate, composite, encode,
-    /// store (writing results).
+    /// Time spent in one stage of a task: at create, decode_wait (for a decoding slot), decode
+    /// (the image check) and enqueue (committing the task); in a worker, generate, composite,
+    /// encode and store (writing results).
     pub fn record_stage(&self, stage: &'static str, took: Duration) {
         metrics::histogram!("outpaint_stage_duration_seconds", "stage" => stage)
             .record(took.as_secs_f64());

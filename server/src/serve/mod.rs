@@ -187,8 +187,11 @@ async fn serve(args: &ServeArgs) -> Result<()> {
         default_model: default_model.into(),
         work_available,
         draining: Arc::clone(&draining),
+        // Twice the cores (at least 4): creates come in bursts, and a decode that waits for a
+        // slot waits longer than one that shares a core. Bounds memory: a 16-megapixel image
+        // takes about 50 MB to check.
         decode_permits: Arc::new(Semaphore::new(
-            std::thread::available_parallelism().map_or(2, |n| n.get()),
+            (2 * std::thread::available_parallelism().map_or(2, |n| n.get())).max(4),
         )),
         metrics,
         request_timeout: Duration::from_secs(args.request_timeout_secs),

@@ -14,7 +14,9 @@ fn main() {
         })
         .unwrap_or_default();
     files.sort();
-    let mut out = String::from("/// Every manifest in models/, as (file name, text).\npub(crate) const BUILTIN: &[(&str, &str)] = &[\n");
+    let mut out = String::from(
+        "/// Every manifest in models/, as (file name, text).\npub(crate) const BUILTIN: &[(&str, &str)] = &[\n",
+    );
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
         let abs = fs::canonicalize(f).unwrap();
@@ -25,5 +27,9 @@ fn main() {
         ));
     }
     out.push_str("];\n");
-    fs::write(PathBuf::from(env::var("OUT_DIR").unwrap()).join("manifests.rs"), out).unwrap();
+    fs::write(
+        PathBuf::from(env::var("OUT_DIR").unwrap()).join("manifests.rs"),
+        out,
+    )
+    .unwrap();
 }

@@ -51,7 +51,12 @@ impl std::fmt::Debug for Runner {
 
 impl Runner {
     /// Builds `component` of `arch` with random weights (plain tensors) at `resolution`.
-    pub fn random(component: Component, arch: Architecture, resolution: usize, device: &Device) -> Result<Self> {
+    pub fn random(
+        component: Component,
+        arch: Architecture,
+        resolution: usize,
+        device: &Device,
+    ) -> Result<Self> {
         let dtype = DType::F32;
         let vb = random_var_builder(dtype, device);
         let latent = resolution / 8;
@@ -78,7 +83,9 @@ impl Runner {
             Component::Clip => {
                 let config = arch.text_config()?;
                 let model = ClipTextModel::new(vb, &config)?;
-                let ids: Vec<u32> = (0..77u32).map(|i| (i * 7919 + 13) % config.vocab_size as u32).collect();
+                let ids: Vec<u32> = (0..77u32)
+                    .map(|i| (i * 7919 + 13) % config.vocab_size as u32)
+                    .collect();
                 let ids = Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?;
                 Box::new(move || model.forward(&ids))
             }
@@ -90,7 +97,11 @@ impl Runner {
     /// optimised away, and to compare with PyTorch's `out_mean_abs`).
     pub fn run(&self) -> Result<(f32, Vec<usize>)> {
         let y = (self.run)()?;
-        let mean = y.abs()?.mean_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        let mean = y
+            .abs()?
+            .mean_all()?
+            .to_dtype(DType::F32)?
+            .to_scalar::<f32>()?;
         Ok((mean, y.dims().to_vec()))
     }
 }

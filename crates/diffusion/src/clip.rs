@@ -119,7 +119,9 @@ struct EncoderLayer {
 
 impl EncoderLayer {
     fn forward(&self, xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let h = self.self_attn.forward(&self.layer_norm1.forward(xs)?, mask)?;
+        let h = self
+            .self_attn
+            .forward(&self.layer_norm1.forward(xs)?, mask)?;
         let xs = (xs + h)?;
         let h = self.fc1.forward(&self.layer_norm2.forward(&xs)?)?;
         let h = match self.act {
@@ -152,9 +154,13 @@ impl ClipTextModel {
         let d = config.hidden_size;
         let eps = config.layer_norm_eps;
         let emb = vb.pp("embeddings");
-        let token_embedding = candle_nn::embedding(config.vocab_size, d, emb.pp("token_embedding"))?;
-        let position_embedding =
-            candle_nn::embedding(config.max_position_embeddings, d, emb.pp("position_embedding"))?;
+        let token_embedding =
+            candle_nn::embedding(config.vocab_size, d, emb.pp("token_embedding"))?;
+        let position_embedding = candle_nn::embedding(
+            config.max_position_embeddings,
+            d,
+            emb.pp("position_embedding"),
+        )?;
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
                 let vb = vb.pp("encoder.layers").pp(i);

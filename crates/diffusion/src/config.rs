@@ -166,7 +166,9 @@ impl UNetConfig {
         let blocks = (0..n)
             .map(|i| {
                 let use_cross_attn = match self.down_block_types[i].as_str() {
-                    "CrossAttnDownBlock2D" => Some(self.transformer_layers_per_block.get(i).unwrap_or(1)),
+                    "CrossAttnDownBlock2D" => {
+                        Some(self.transformer_layers_per_block.get(i).unwrap_or(1))
+                    }
                     "DownBlock2D" => None,
                     other => {
                         return Err(DiffusionError::Unsupported(format!("UNet block {other}")));

@@ -128,7 +128,11 @@ impl Manifest {
     /// The built-in manifest called `name`.
     pub fn find(name: &str) -> Result<Manifest> {
         let all = Manifest::builtin()?;
-        let names = all.iter().map(|m| m.name.clone()).collect::<Vec<_>>().join(", ");
+        let names = all
+            .iter()
+            .map(|m| m.name.clone())
+            .collect::<Vec<_>>()
+            .join(", ");
         all.into_iter()
             .find(|m| m.name == name)
             .ok_or(DiffusionError::UnknownModel {
@@ -212,13 +216,14 @@ impl ModelStore {
     /// Downloads the model's files into the cache (resumes what is there, shows progress).
     /// Honours `HF_HOME`, `HF_TOKEN` and refuses under `HF_HUB_OFFLINE=1`.
     pub fn pull(&self, m: &Manifest, progress: bool) -> Result<PathBuf> {
-        if std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {
+        if std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+        {
             return Err(DiffusionError::Download(
                 "HF_HUB_OFFLINE is set: downloads are disabled".into(),
             ));
         }
-        let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(self.cache.clone())
-            .with_progress(progress);
+        let mut builder =
+            hf_hub::api::sync::ApiBuilder::from_cache(self.cache.clone()).with_progress(progress);
         if let Ok(token) = std::env::var("HF_TOKEN") {
             builder = builder.with_token(Some(token));
         }
@@ -271,7 +276,12 @@ mod tests {
     fn missing_model_names_the_pull_command() {
         let dir = std::env::temp_dir().join(format!("outpaint-empty-hub-{}", std::process::id()));
         let store = ModelStore::at(dir);
-        let e = store.locate(&Manifest::find("sd15-inpaint").unwrap()).unwrap_err();
-        assert!(e.to_string().contains("outpaint models pull sd15-inpaint"), "{e}");
+        let e = store
+            .locate(&Manifest::find("sd15-inpaint").unwrap())
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("outpaint models pull sd15-inpaint"),
+            "{e}"
+        );
     }
 }

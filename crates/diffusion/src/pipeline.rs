@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::stable_diffusion::{unet_2d::UNet2DConditionModel, vae::AutoEncoderKL};
+use candle_transformers::models::stable_diffusion::{
+    unet_2d::UNet2DConditionModel, vae::AutoEncoderKL,
+};
 
 use crate::clip::{ClipTextConfig, ClipTextModel};
 use crate::config::{UNetConfig, VaeConfig, read_json};
@@ -188,7 +190,11 @@ impl InpaintModel {
 
         // 2. Image in [-1, 1], the binarised mask, the masked image and their latents.
         let image = ((image.to_dtype(DType::F32)?.to_device(dev)? * 2.0)? - 1.0)?;
-        let mask = mask.to_dtype(DType::F32)?.to_device(dev)?.ge(0.5)?.to_dtype(DType::F32)?;
+        let mask = mask
+            .to_dtype(DType::F32)?
+            .to_device(dev)?
+            .ge(0.5)?
+            .to_dtype(DType::F32)?;
         let keep = (1.0 - &mask)?; // 1 on the original
         let masked_image = image.broadcast_mul(&keep)?;
         let masked_latents = (self.encode_mode(&masked_image)? * scaling)?; // shape: [1, 4, lh, lw]
@@ -198,16 +204,24 @@ impl InpaintModel {
         let masked_latents = masked_latents.repeat((batch, 1, 1, 1))?;
 
         // 3. Schedule and initial latents.
-        let scheduler = self.scheduler_config.build(params.scheduler, params.steps)?;
-        let start = params.steps - ((params.steps as f64 * params.strength) as usize).min(params.steps);
+        let scheduler = self
+            .scheduler_config
+            .build(params.scheduler, params.steps)?;
+        let start =
+            params.steps - ((params.steps as f64 * params.strength) as usize).min(params.steps);
         if start >= params.steps {
-            return Err(DiffusionError::Input("strength leaves no steps to run".into()));
+            return Err(DiffusionError::Input(
+                "strength leaves no steps to run".into(),
+            ));
         }
         let mut rngs: Vec<NoiseRng> = params.seeds.iter().map(|&s| NoiseRng::new(s)).collect();
         let draw = |rngs: &mut Vec<NoiseRng>| -> Result<Tensor> {
             let parts = rngs
                 .iter_mut()
-                .map(|r| r.randn(&latent_shape[1..], dev).and_then(|t| Ok(t.unsqueeze(0)?)))
+                .map(|r| {
+                    r.randn(&latent_shape[1..], dev)
+                        .and_then(|t| Ok(t.unsqueeze(0)?))
+                })
                 .collect::<Result<Vec<_>>>()?;
             Ok(Tensor::cat(&parts, 0)?)
         };
@@ -272,7 +286,20 @@ impl InpaintModel {
         // 5. Decode.
         let _decode = tracing::debug_span!("vae_decode").entered();
         let latents = (latents / scaling)?.to_dtype(self.dtype)?;
-        let images = self.vae.decode(&latents)?.to_dtype(DType::F32)?;
+        // One image at a time: candle's VAE decoder mixes up the items of a batch (its
+        // attention block), and decoding is the memory peak anyway.
+        let images = (0..n)
+            .map(|i| {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(DiffusionError::Cancelled);
+                }
+                Ok(self
+                    .vae
+                    .decode(&latents.narrow(0, i, 1)?)?
+                    .to_dtype(DType::F32)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let images = Tensor::cat(&images, 0)?;
         Ok(((images / 2.0)? + 0.5)?.clamp(0f32, 1f32)?)
     }
 

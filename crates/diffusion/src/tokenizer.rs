@@ -78,7 +78,10 @@ impl ClipTokenizer {
             let merges = dir.join("merges.txt");
             for f in [&vocab, &merges] {
                 if !f.is_file() {
-                    return Err(DiffusionError::Tokenizer(format!("missing {}", f.display())));
+                    return Err(DiffusionError::Tokenizer(format!(
+                        "missing {}",
+                        f.display()
+                    )));
                 }
             }
             Self::bpe_from_files(&vocab, &merges)?
@@ -104,7 +107,11 @@ impl ClipTokenizer {
     }
 
     fn bpe_from_files(vocab: &Path, merges: &Path) -> Result<Tokenizer> {
-        let path = |p: &Path| p.to_str().map(str::to_string).ok_or_else(|| tok_err("non-UTF-8 path"));
+        let path = |p: &Path| {
+            p.to_str()
+                .map(str::to_string)
+                .ok_or_else(|| tok_err("non-UTF-8 path"))
+        };
         let bpe = BPE::from_file(&path(vocab)?, &path(merges)?)
             .unk_token(EOS.to_string())
             .end_of_word_suffix("</w>".to_string())
@@ -114,12 +121,17 @@ impl ClipTokenizer {
         let normalizer = NormalizerSequence::new(vec![
             NormalizerWrapper::from(NFC),
             NormalizerWrapper::from(
-                Replace::new(tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()), " ")
-                    .map_err(tok_err)?,
+                Replace::new(
+                    tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()),
+                    " ",
+                )
+                .map_err(tok_err)?,
             ),
             NormalizerWrapper::from(Lowercase),
         ]);
-        tokenizer.with_normalizer(Some(normalizer)).map_err(tok_err)?;
+        tokenizer
+            .with_normalizer(Some(normalizer))
+            .map_err(tok_err)?;
         let pre = PreTokenizerSequence::new(vec![
             PreTokenizerWrapper::from(
                 Split::new(

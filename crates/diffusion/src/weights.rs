@@ -56,7 +56,12 @@ impl SimpleBackend for RandomWeights {
         }
     }
 
-    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         candle_core::bail!("random weights need a shape for {name}")
     }
 
@@ -124,7 +129,12 @@ impl SimpleBackend for ModeOnly {
         }
     }
 
-    fn get_unchecked(&self, name: &str, dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         self.inner.get_unchecked_dtype(name, dtype)
     }
 

@@ -5,24 +5,41 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
-use outpaint_diffusion::{Device, DType, InpaintModel, InpaintParams, SchedulerKind, Tensor};
+use outpaint_diffusion::{DType, Device, InpaintModel, InpaintParams, SchedulerKind, Tensor};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 fn golden() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixtures().join("golden/tiny_sd_inpaint.safetensors"), &Device::Cpu)
-        .unwrap()
+    candle_core::safetensors::load(
+        fixtures().join("golden/tiny_sd_inpaint.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 fn model() -> InpaintModel {
-    InpaintModel::load(&fixtures().join("tiny-sd-inpaint"), &Device::Cpu, DType::F32).unwrap()
+    InpaintModel::load(
+        &fixtures().join("tiny-sd-inpaint"),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 const PROMPT: &str = "a red house by the sea";
@@ -43,7 +60,10 @@ fn tokenizer_matches_transformers() {
 #[test]
 fn text_encoder_matches_transformers() {
     let g = golden();
-    let d = max_abs_diff(&model().encode_prompt(PROMPT).unwrap(), &g["text_embeddings"]);
+    let d = max_abs_diff(
+        &model().encode_prompt(PROMPT).unwrap(),
+        &g["text_embeddings"],
+    );
     eprintln!("text embeddings max abs diff {d:e}");
     assert!(d < 1e-4, "{d}");
 }
@@ -69,7 +89,13 @@ fn run(scheduler: SchedulerKind, with_noise: bool) -> (f32, Tensor) {
     };
     let mut steps = Vec::new();
     let out = m
-        .inpaint(&g["image"], &g["mask"], &params, &mut |d, t| steps.push((d, t)), &AtomicBool::new(false))
+        .inpaint(
+            &g["image"],
+            &g["mask"],
+            &params,
+            &mut |d, t| steps.push((d, t)),
+            &AtomicBool::new(false),
+        )
         .unwrap();
     assert_eq!(steps, [(1, 4), (2, 4), (3, 4), (4, 4)]);
     let key = match scheduler {
@@ -104,13 +130,31 @@ fn variations_batch_and_cancel() {
         ..InpaintParams::default()
     };
     let out = m
-        .inpaint(&g["image"], &g["mask"], &params, &mut |_, _| {}, &AtomicBool::new(false))
+        .inpaint(
+            &g["image"],
+            &g["mask"],
+            &params,
+            &mut |_, _| {},
+            &AtomicBool::new(false),
+        )
         .unwrap();
     assert_eq!(out.dims(), [3, 3, 32, 48]);
     let a = out.get(0).unwrap();
     let same = max_abs_diff(&a, &out.get(2).unwrap());
     assert!(same < 1e-4, "same seed, same image: {same}");
-    assert!(max_abs_diff(&a, &out.get(1).unwrap()) > 1e-3, "other seed, other image");
-    let cancelled = m.inpaint(&g["image"], &g["mask"], &params, &mut |_, _| {}, &AtomicBool::new(true));
-    assert!(matches!(cancelled, Err(outpaint_diffusion::DiffusionError::Cancelled)));
+    assert!(
+        max_abs_diff(&a, &out.get(1).unwrap()) > 1e-3,
+        "other seed, other image"
+    );
+    let cancelled = m.inpaint(
+        &g["image"],
+        &g["mask"],
+        &params,
+        &mut |_, _| {},
+        &AtomicBool::new(true),
+    );
+    assert!(matches!(
+        cancelled,
+        Err(outpaint_diffusion::DiffusionError::Cancelled)
+    ));
 }

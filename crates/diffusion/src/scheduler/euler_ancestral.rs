@@ -24,7 +24,10 @@ impl EulerAncestralScheduler {
             .map(|a| ((1.0 - a) / a).sqrt())
             .collect();
         let timesteps = spaced_timesteps(&config, steps);
-        let mut sigmas: Vec<f64> = timesteps.iter().map(|&t| interp(t, &train_sigmas)).collect();
+        let mut sigmas: Vec<f64> = timesteps
+            .iter()
+            .map(|&t| interp(t, &train_sigmas))
+            .collect();
         sigmas.push(0.0);
         EulerAncestralScheduler {
             timesteps,

@@ -150,12 +150,10 @@ impl SchedulerConfig {
         let n = self.num_train_timesteps;
         let betas: Vec<f64> = match self.beta_schedule {
             BetaSchedule::Linear => linspace(self.beta_start, self.beta_end, n),
-            BetaSchedule::ScaledLinear => {
-                linspace(self.beta_start.sqrt(), self.beta_end.sqrt(), n)
-                    .into_iter()
-                    .map(|b| b * b)
-                    .collect()
-            }
+            BetaSchedule::ScaledLinear => linspace(self.beta_start.sqrt(), self.beta_end.sqrt(), n)
+                .into_iter()
+                .map(|b| b * b)
+                .collect(),
         };
         let mut acc = 1.0;
         betas

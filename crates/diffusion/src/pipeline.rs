@@ -115,9 +115,10 @@ impl InpaintModel {
         self.vae_config.scale_factor()
     }
 
-    /// Image sides must be multiples of this.
+    /// Image sides must be multiples of this: the VAE's factor (8 for real models). The UNet
+    /// copes with latent sides that do not halve evenly, as diffusers' does.
     pub fn size_multiple(&self) -> usize {
-        self.vae_scale_factor() << (self.unet_config.block_out_channels.len().saturating_sub(1))
+        self.vae_scale_factor()
     }
 
     /// The device the model runs on.

@@ -158,3 +158,26 @@ fn variations_batch_and_cancel() {
         Err(outpaint_diffusion::DiffusionError::Cancelled)
     ));
 }
+
+#[test]
+fn latent_sides_that_do_not_halve_evenly_work() {
+    let m = model();
+    // 46x22 pixels: a 23x11 latent, odd on both sides at the UNet's downsampling.
+    let image = Tensor::full(0.5f32, (1, 3, 22, 46), &Device::Cpu).unwrap();
+    let mask = Tensor::ones((1, 1, 22, 46), DType::F32, &Device::Cpu).unwrap();
+    let params = InpaintParams {
+        prompt: PROMPT,
+        steps: 1,
+        ..InpaintParams::default()
+    };
+    let out = m
+        .inpaint(
+            &image,
+            &mask,
+            &params,
+            &mut |_, _| {},
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+    assert_eq!(out.dims(), [1, 3, 22, 46]);
+}

@@ -121,6 +121,11 @@ impl InpaintModel {
         self.vae_scale_factor()
     }
 
+    /// The UNet's configuration (from its config.json).
+    pub fn unet_config(&self) -> &UNetConfig {
+        &self.unet_config
+    }
+
     /// The device the model runs on.
     pub fn device(&self) -> &Device {
         &self.device

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Builds the tiny, randomly initialised SD-inpainting pipeline under fixtures/tiny-sd-inpaint
-(diffusers layout, safetensors) and records diffusers' outputs for a fixed input as
-fixtures/golden/tiny_sd_inpaint.safetensors. The Rust test `parity` loads both and must match.
+"""Builds tiny, randomly initialised SD-inpainting pipelines under fixtures/tiny-sd-inpaint and
+fixtures/tiny-sd2-inpaint (diffusers layout, f16 safetensors) and records diffusers' f32 outputs
+for a fixed input as fixtures/golden/tiny_{sd,sd2}_inpaint.safetensors. The Rust test `parity` loads both and must match.
 
     python3 -m venv .venv && .venv/bin/pip install torch diffusers transformers safetensors numpy
     .venv/bin/python crates/diffusion/tests/make_golden.py
@@ -27,8 +27,13 @@ from diffusers import (AutoencoderKL, DDIMScheduler, EulerAncestralDiscreteSched
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-OUT = os.path.join(HERE, "fixtures", "tiny-sd-inpaint")
 GOLDEN = os.path.join(HERE, "fixtures", "golden")
+# Two variants: SD 1.x style, and SD 2 style (linear projections in the transformers, exact
+# GELU in the text encoder, "!" as the pad token, v-prediction).
+VARIANTS = {
+    "sd": dict(use_linear_projection=False, hidden_act="quick_gelu", pad="<|endoftext|>", prediction="epsilon"),
+    "sd2": dict(use_linear_projection=True, hidden_act="gelu", pad="!", prediction="v_prediction"),
+}
 W, H = 48, 32  # image size; the tiny VAE downsamples by 2, the latent is 24x16
 STEPS = 4
 GUIDANCE = 7.5
@@ -50,7 +55,7 @@ def bytes_to_unicode():
     return [chr(c) for c in cs]
 
 
-def make_tokenizer(path):
+def make_tokenizer(path, pad):
     """A CLIP BPE vocabulary: the 256 byte symbols, each with `</w>`, a few learnt merges."""
     chars = bytes_to_unicode()
     vocab = chars + [c + "</w>" for c in chars]
@@ -89,7 +94,7 @@ def make_tokenizer(path):
     with open(os.path.join(path, "merges.txt"), "w") as f:
         f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
     slow = CLIPTokenizer(os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt"),
-                         pad_token="<|endoftext|>", model_max_length=77)
+                         pad_token=pad, model_max_length=77)
     slow.save_pretrained(path)
     # Real SD repositories ship vocab.json + merges.txt only (no tokenizer.json): so does this fixture.
     for extra in ("tokenizer.json", "added_tokens.json"):
@@ -99,17 +104,25 @@ def make_tokenizer(path):
 
 
 def main():
+    for name, variant in VARIANTS.items():
+        build(name, **variant)
+
+
+def build(name, use_linear_projection, hidden_act, pad, prediction):
+    torch.manual_seed(1234)
+    OUT = os.path.join(HERE, "fixtures", f"tiny-{name}-inpaint")
     shutil.rmtree(OUT, ignore_errors=True)
     os.makedirs(GOLDEN, exist_ok=True)
-    tokenizer, vocab_size = make_tokenizer(os.path.join(OUT, "tokenizer"))
+    tokenizer, vocab_size = make_tokenizer(os.path.join(OUT, "tokenizer"), pad)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=32, layer_norm_eps=1e-5,
+        max_position_embeddings=77, hidden_act=hidden_act, projection_dim=32, layer_norm_eps=1e-5,
         bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)).eval()
     unet = UNet2DConditionModel(
         sample_size=16, in_channels=9, out_channels=4, layers_per_block=1, block_out_channels=(32, 32),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=(2, 4), norm_num_groups=32)  # candle's UNet resnets use 32 groups.eval()
+        cross_attention_dim=32, attention_head_dim=(2, 4), norm_num_groups=32,
+        use_linear_projection=use_linear_projection)  # candle's UNet resnets use 32 groups.eval()
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32), layers_per_block=1,
@@ -119,12 +132,17 @@ def main():
         for m in (unet, vae, text_encoder):
             for p in m.parameters():
                 p.add_(torch.randn_like(p) * 0.05)
+                # Stored as f16 (half the size); rounded here so both sides use the same values.
+                p.copy_(p.half().float())
     ddim = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-                         clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
+                         clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading",
+                         prediction_type=prediction)
     pipe = StableDiffusionInpaintPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                           scheduler=ddim, safety_checker=None, feature_extractor=None,
                                           requires_safety_checker=False)
+    pipe.to(torch.float16)
     pipe.save_pretrained(OUT, safe_serialization=True)
+    pipe.to(torch.float32)
     # save_pretrained rewrites the tokenizer folder with tokenizer.json: keep the repository layout.
     for extra in ("tokenizer.json", "added_tokens.json"):
         p = os.path.join(OUT, "tokenizer", extra)
@@ -178,9 +196,10 @@ def main():
         "prompt_ids": ids.to(torch.int64).contiguous(), "negative_ids": neg_ids.to(torch.int64).contiguous(),
         "text_embeddings": text_emb.contiguous(),
         "out_ddim": out_ddim, "out_euler": out_euler,
-    }, os.path.join(GOLDEN, "tiny_sd_inpaint.safetensors"),
+    }, os.path.join(GOLDEN, f"tiny_{name}_inpaint.safetensors"),
         metadata={"prompt": PROMPT, "negative_prompt": NEGATIVE, "steps": str(STEPS), "guidance": str(GUIDANCE),
                   "torch": torch.__version__, "diffusers": diffusers.__version__})
+    print(name)
     print("ddim mean", float(out_ddim.mean()), "std", float(out_ddim.std()))
     print("euler mean", float(out_euler.mean()), "std", float(out_euler.std()))
     print("prompt ids", ids[0, :12].tolist())

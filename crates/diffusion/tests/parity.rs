@@ -11,22 +11,34 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-fn golden() -> HashMap<String, Tensor> {
+fn golden_of(variant: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(
-        fixtures().join("golden/tiny_sd_inpaint.safetensors"),
+        fixtures().join(format!("golden/tiny_{variant}_inpaint.safetensors")),
         &Device::Cpu,
     )
     .unwrap()
 }
 
-fn model() -> InpaintModel {
+fn model_of(variant: &str) -> InpaintModel {
     InpaintModel::load(
-        &fixtures().join("tiny-sd-inpaint"),
+        &fixtures().join(format!("tiny-{variant}-inpaint")),
         &Device::Cpu,
         DType::F32,
     )
     .unwrap()
 }
+
+fn golden() -> HashMap<String, Tensor> {
+    golden_of("sd")
+}
+
+fn model() -> InpaintModel {
+    model_of("sd")
+}
+
+/// The SD 1.x style fixture and the SD 2 style one (linear projections, exact GELU, "!" pad
+/// token, v-prediction).
+const VARIANTS: [&str; 2] = ["sd", "sd2"];
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
@@ -47,8 +59,14 @@ const NEGATIVE: &str = "blurry";
 
 #[test]
 fn tokenizer_matches_transformers() {
-    let g = golden();
-    let m = model();
+    for variant in VARIANTS {
+        tokenizer_matches(variant);
+    }
+}
+
+fn tokenizer_matches(variant: &str) {
+    let g = golden_of(variant);
+    let m = model_of(variant);
     let ids: Vec<u32> = m.tokenize(PROMPT).unwrap();
     let want: Vec<i64> = g["prompt_ids"].flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!(ids.iter().map(|&i| i64::from(i)).collect::<Vec<_>>(), want);
@@ -59,18 +77,24 @@ fn tokenizer_matches_transformers() {
 
 #[test]
 fn text_encoder_matches_transformers() {
-    let g = golden();
-    let d = max_abs_diff(
-        &model().encode_prompt(PROMPT).unwrap(),
-        &g["text_embeddings"],
-    );
-    eprintln!("text embeddings max abs diff {d:e}");
-    assert!(d < 1e-4, "{d}");
+    for variant in VARIANTS {
+        text_encoder_matches(variant);
+    }
 }
 
-fn run(scheduler: SchedulerKind, with_noise: bool) -> (f32, Tensor) {
-    let g = golden();
-    let m = model();
+fn text_encoder_matches(variant: &str) {
+    let g = golden_of(variant);
+    let d = max_abs_diff(
+        &model_of(variant).encode_prompt(PROMPT).unwrap(),
+        &g["text_embeddings"],
+    );
+    eprintln!("{variant}: text embeddings max abs diff {d:e}");
+    assert!(d < 1e-4, "{variant}: {d}");
+}
+
+fn run(variant: &str, scheduler: SchedulerKind, with_noise: bool) -> (f32, Tensor) {
+    let g = golden_of(variant);
+    let m = model_of(variant);
     let noise: Vec<Tensor> = if with_noise {
         (0..4).map(|i| g["euler_noise"].get(i).unwrap()).collect()
     } else {
@@ -107,16 +131,20 @@ fn run(scheduler: SchedulerKind, with_noise: bool) -> (f32, Tensor) {
 
 #[test]
 fn ddim_matches_diffusers() {
-    let (d, _) = run(SchedulerKind::Ddim, false);
-    eprintln!("DDIM final image max abs diff {d:e}");
-    assert!(d < 1e-3, "{d}");
+    for variant in VARIANTS {
+        let (d, _) = run(variant, SchedulerKind::Ddim, false);
+        eprintln!("{variant}: DDIM final image max abs diff {d:e}");
+        assert!(d < 1e-3, "{variant}: {d}");
+    }
 }
 
 #[test]
 fn euler_ancestral_matches_diffusers() {
-    let (d, _) = run(SchedulerKind::EulerAncestral, true);
-    eprintln!("Euler-ancestral final image max abs diff {d:e}");
-    assert!(d < 1e-3, "{d}");
+    for variant in VARIANTS {
+        let (d, _) = run(variant, SchedulerKind::EulerAncestral, true);
+        eprintln!("{variant}: Euler-ancestral final image max abs diff {d:e}");
+        assert!(d < 1e-3, "{variant}: {d}");
+    }
 }
 
 #[test]

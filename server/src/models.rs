@@ -119,9 +119,11 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let started = Instant::now();
     let run: Box<dyn Fn() -> Result<(f32, Vec<usize>)>> = if args.component == "pipeline" {
         let model = if args.random_weights {
-            bail!(
-                "bench pipeline needs installed weights (its tokenizer files); drop --random-weights"
-            )
+            InpaintModel::random(
+                manifest.architecture,
+                &device,
+                outpaint_diffusion::DType::F32,
+            )?
         } else {
             InpaintModel::load(
                 &ModelStore::from_env().locate(&manifest)?,

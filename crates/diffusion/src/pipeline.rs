@@ -21,7 +21,9 @@ use crate::{DiffusionError, Result};
 /// A Stable Diffusion inpainting model, loaded once and kept resident.
 #[derive(Debug)]
 pub struct InpaintModel {
-    tokenizer: ClipTokenizer,
+    /// `None` for a model with random weights (no vocabulary): prompts become fixed ids.
+    tokenizer: Option<ClipTokenizer>,
+    text_config: ClipTextConfig,
     text_encoder: ClipTextModel,
     vae: AutoEncoderKL,
     vae_config: VaeConfig,
@@ -98,13 +100,39 @@ impl InpaintModel {
         )?;
         let unet = build_unet(vb("unet")?, &unet_config)?;
         Ok(InpaintModel {
-            tokenizer,
+            tokenizer: Some(tokenizer),
+            text_config,
             text_encoder,
             vae,
             vae_config,
             unet,
             unet_config,
             scheduler_config,
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    /// A model of the architecture `arch` with random weights (plain tensors) and no
+    /// tokenizer, for timing a whole pipeline without a download. Its output means nothing.
+    pub fn random(
+        arch: crate::manifest::Architecture,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let text_config = arch.text_config()?;
+        let unet_config = arch.unet_config()?;
+        let vae_config = arch.vae_config()?;
+        let vb = || crate::weights::random_var_builder(dtype, device);
+        Ok(InpaintModel {
+            tokenizer: None,
+            text_encoder: ClipTextModel::new(vb(), &text_config)?,
+            text_config,
+            vae: build_vae(vb(), &vae_config)?,
+            vae_config,
+            unet: build_unet(vb(), &unet_config)?,
+            unet_config,
+            scheduler_config: SchedulerConfig::default(),
             device: device.clone(),
             dtype,
         })
@@ -138,12 +166,21 @@ impl InpaintModel {
 
     /// The padded token ids of a prompt.
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
-        self.tokenizer.encode(text)
+        match &self.tokenizer {
+            Some(t) => t.encode(text),
+            // As shared/perf/torch_reference.py makes its ids.
+            None => {
+                let v = self.text_config.vocab_size as u32;
+                Ok((0..self.text_config.max_position_embeddings as u32)
+                    .map(|i| (i * 7919 + 13) % v)
+                    .collect())
+            }
+        }
     }
 
     /// The text encoder's hidden states for a prompt (shape `[1, 77, D]`).
     pub fn encode_prompt(&self, text: &str) -> Result<Tensor> {
-        let ids = self.tokenizer.encode(text)?;
+        let ids = self.tokenize(text)?;
         let ids = Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?;
         self.text_encoder.forward(&ids)
     }

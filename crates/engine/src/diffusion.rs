@@ -245,8 +245,8 @@ impl Backend for DiffusionBackend {
         let image = to_tensor(&prefilled).map_err(failed)?;
         let mask_t = mask_tensor(&mask).map_err(failed)?;
         let n = job.seeds.len();
-        let total = u32::try_from(steps * n).unwrap_or(u32::MAX);
-        let mut done_before = 0usize;
+        // Variations already generated (progress counts steps × variations).
+        let mut done_variations = 0usize;
         let mut out = Vec::with_capacity(n);
         // Feather: the generated side fades in from the pre-fill over this many working pixels.
         let feather = (ww.min(wh) / 64).max(2);
@@ -269,14 +269,18 @@ impl Backend for DiffusionBackend {
                     &image,
                     &mask_t,
                     &params,
-                    &mut |d, _| {
-                        let completed = u32::try_from(done_before * k + d * k).unwrap_or(u32::MAX);
-                        job.report(completed.min(total), total)
+                    &mut |d, run_steps| {
+                        let completed = (done_variations * run_steps + d * k) as u64;
+                        let total = (n * run_steps) as u64;
+                        job.report(
+                            u32::try_from(completed).unwrap_or(u32::MAX),
+                            u32::try_from(total).unwrap_or(u32::MAX),
+                        )
                     },
                     cancel,
                 )
                 .map_err(failed)?;
-            done_before += steps;
+            done_variations += k;
             for i in 0..k {
                 let mut generated =
                     to_image(&images.get(i).map_err(|e| failed(e.into()))?).map_err(failed)?;
@@ -332,5 +336,82 @@ mod tests {
         assert_eq!(box_distance(20, 15, b), 1);
         assert_eq!(box_distance(9, 15, b), 1);
         assert_eq!(box_distance(5, 25, b), 6);
+    }
+}
+
+#[cfg(test)]
+mod engine_tests {
+    use super::*;
+    use crate::{
+        DecodedImage, Engine, EngineError, ExpandOptions, ExpandRequest, JobControl, Progress,
+    };
+    use outpaint_canvas::Expansion;
+    use std::path::Path;
+
+    fn tiny() -> Arc<DiffusionBackend> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../diffusion/tests/fixtures/tiny-sd-inpaint");
+        let settings = DiffusionSettings {
+            resolution: 32,
+            steps: 3,
+            guidance_scale: 5.0,
+            scheduler: SchedulerKind::EulerAncestral,
+            strength: 0.9,
+            max_batch: 2,
+        };
+        DiffusionBackend::load("tiny", &dir, settings).unwrap()
+    }
+
+    fn request(n: u32) -> ExpandRequest {
+        let photo = RgbImage::from_fn(300, 320, |x, y| image::Rgb([x as u8, y as u8, 90]));
+        ExpandRequest {
+            image: DecodedImage::from_rgb(photo),
+            expansion: Expansion::uniform("left".parse().unwrap(), 1.4).unwrap(),
+            options: ExpandOptions {
+                n,
+                seed: Some(5),
+                prompt: Some("a wall".into()),
+                backend: Some("tiny".into()),
+                ..ExpandOptions::default()
+            },
+        }
+    }
+
+    #[test]
+    fn progress_counts_steps_of_every_variation_across_batches() {
+        let mut engine = Engine::default();
+        engine.register(tiny());
+        let reports = Mutex::new(Vec::new());
+        let progress = |p: Progress| reports.lock().unwrap().push((p.completed, p.total));
+        let cancel = AtomicBool::new(false);
+        let out = engine
+            .expand_with(
+                &request(3),
+                &JobControl {
+                    progress: &progress,
+                    cancel: &cancel,
+                },
+            )
+            .unwrap();
+        assert_eq!(out.images.len(), 3);
+        // strength 0.9 of 3 steps runs 2; variations in batches of 2 then 1.
+        let reports = reports.into_inner().unwrap();
+        assert_eq!(reports.last(), Some(&(6, 6)), "{reports:?}");
+        assert!(reports.windows(2).all(|w| w[0].0 <= w[1].0), "{reports:?}");
+    }
+
+    #[test]
+    fn cancelled_jobs_stop_with_cancelled() {
+        let mut engine = Engine::default();
+        engine.register(tiny());
+        let cancel = AtomicBool::new(true);
+        let result = engine.expand_with(
+            &request(1),
+            &JobControl {
+                progress: &|_| {},
+                cancel: &cancel,
+            },
+        );
+        assert!(matches!(result, Err(EngineError::Cancelled)), "{result:?}");
     }
 }

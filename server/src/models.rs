@@ -117,6 +117,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let (device, _) = default_device();
     let threads = std::env::var("RAYON_NUM_THREADS").ok();
     let started = Instant::now();
+    let mut params = None;
     let run: Box<dyn Fn() -> Result<(f32, Vec<usize>)>> = if args.component == "pipeline" {
         let model = if args.random_weights {
             InpaintModel::random(
@@ -163,12 +164,13 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             manifest.resolution as usize,
             &device,
         )?;
+        params = Some(runner.params());
         Box::new(move || Ok(runner.run()?))
     };
     println!(
         "{}",
         json!({"event": "ready", "fw": "candle", "component": args.component, "model": manifest.name,
-               "threads": threads, "build_s": round(started.elapsed().as_secs_f64())})
+               "threads": threads, "params": params, "build_s": round(started.elapsed().as_secs_f64())})
     );
     for _ in 0..args.warmup {
         let t = Instant::now();

@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::clip::ClipTextModel;
 use crate::manifest::Architecture;
 use crate::pipeline::{build_unet, build_vae};
-use crate::weights::random_var_builder;
+use crate::weights::random_var_builder_counted;
 use crate::{DiffusionError, Result};
 
 /// What to time.
@@ -41,6 +41,7 @@ impl std::str::FromStr for Component {
 /// A built component with its fixed input, ready to run repeatedly.
 pub struct Runner {
     run: Box<dyn Fn() -> Result<Tensor>>,
+    params: usize,
 }
 
 impl std::fmt::Debug for Runner {
@@ -58,7 +59,7 @@ impl Runner {
         device: &Device,
     ) -> Result<Self> {
         let dtype = DType::F32;
-        let vb = random_var_builder(dtype, device);
+        let (vb, count) = random_var_builder_counted(dtype, device);
         let latent = resolution / 8;
         let dev = device.clone();
         let run: Box<dyn Fn() -> Result<Tensor>> = match component {
@@ -90,7 +91,13 @@ impl Runner {
                 Box::new(move || model.forward(&ids))
             }
         };
-        Ok(Runner { run })
+        let params = count.load(std::sync::atomic::Ordering::Relaxed);
+        Ok(Runner { run, params })
+    }
+
+    /// Number of parameters the component was built with (compare with PyTorch's `params`).
+    pub fn params(&self) -> usize {
+        self.params
     }
 
     /// Runs once; returns the output's mean absolute value and shape (so the work is not
@@ -103,5 +110,21 @@ impl Runner {
             .to_dtype(DType::F32)?
             .to_scalar::<f32>()?;
         Ok((mean, y.dims().to_vec()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The architectures match diffusers': same parameter counts as
+    /// shared/perf/torch_reference.py reports for its random-weight models.
+    #[test]
+    fn sd15_text_encoder_and_vae_have_diffusers_parameter_counts() {
+        let dev = Device::Cpu;
+        let clip = Runner::random(Component::Clip, Architecture::Sd15, 512, &dev).unwrap();
+        assert_eq!(clip.params(), 123_060_480);
+        let vae = Runner::random(Component::VaeDec, Architecture::Sd15, 512, &dev).unwrap();
+        assert_eq!(vae.params(), 83_653_863);
     }
 }

@@ -39,17 +39,30 @@ pub fn mmap_var_builder(path: &Path, dtype: DType, device: &Device) -> Result<Va
 /// (norm weights and biases), small normal values otherwise. Speed does not depend on the
 /// values, so this sizes hardware without a download.
 #[derive(Debug, Default)]
-struct RandomWeights;
+struct RandomWeights {
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Names handed out: a layer may ask twice for one tensor (candle's VAE attention probes).
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+}
 
 impl SimpleBackend for RandomWeights {
     fn get(
         &self,
         s: Shape,
-        _name: &str,
+        name: &str,
         h: Init,
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
+        let new = self
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string());
+        if new {
+            self.count
+                .fetch_add(s.elem_count(), std::sync::atomic::Ordering::Relaxed);
+        }
         match h {
             Init::Const(v) => Tensor::full(v as f32, s, dev)?.to_dtype(dtype),
             _ => Tensor::randn(0f32, 0.02, s, dev)?.to_dtype(dtype),
@@ -72,7 +85,23 @@ impl SimpleBackend for RandomWeights {
 
 /// A VarBuilder that hands out random plain tensors (see [`RandomWeights`]).
 pub fn random_var_builder(dtype: DType, device: &Device) -> VarBuilder<'static> {
-    VarBuilder::from_backend(Box::new(RandomWeights), dtype, device.clone())
+    random_var_builder_counted(dtype, device).0
+}
+
+/// [`random_var_builder`], and a counter of the parameters it has handed out.
+pub fn random_var_builder_counted(
+    dtype: DType,
+    device: &Device,
+) -> (
+    VarBuilder<'static>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let backend = RandomWeights::default();
+    let count = backend.count.clone();
+    (
+        VarBuilder::from_backend(Box::new(backend), dtype, device.clone()),
+        count,
+    )
 }
 
 /// Wraps a VAE's VarBuilder so that the encoder's log-variance channels come out as -10⁴:

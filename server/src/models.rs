@@ -25,7 +25,27 @@ pub fn dir_model_name(dir: &Path) -> String {
 
 /// Loads the model that --model or --model-dir names (if any) and registers it on `engine`.
 pub fn register(engine: &mut Engine, args: &GenerationArgs) -> Result<()> {
-    let (name, dir, mut settings) = match (&args.model, &args.model_dir) {
+    register_model(
+        engine,
+        args.model.as_deref(),
+        args.model_dir.as_deref(),
+        args.scheduler.as_deref(),
+        args.strength,
+    )
+    .map(|_| ())
+}
+
+/// Loads a model by manifest name or from a diffusers folder, registers it on `engine` and
+/// returns its backend name; `Ok(None)` when neither is given. Never falls back to another
+/// backend: a model that is not installed is an error naming the pull command.
+pub fn register_model(
+    engine: &mut Engine,
+    model: Option<&str>,
+    model_dir: Option<&Path>,
+    scheduler: Option<&str>,
+    strength: f64,
+) -> Result<Option<String>> {
+    let (name, dir, mut settings) = match (model, model_dir) {
         (Some(name), _) => {
             let manifest = Manifest::find(name)?;
             if !manifest.architecture.is_supported() {
@@ -36,7 +56,7 @@ pub fn register(engine: &mut Engine, args: &GenerationArgs) -> Result<()> {
             }
             let dir = ModelStore::from_env().locate(&manifest)?;
             (
-                name.clone(),
+                name.to_string(),
                 dir,
                 DiffusionSettings::from_manifest(&manifest),
             )
@@ -48,21 +68,21 @@ pub fn register(engine: &mut Engine, args: &GenerationArgs) -> Result<()> {
             if let Some(resolution) = folder_resolution(dir) {
                 settings.resolution = resolution;
             }
-            (dir_model_name(dir), dir.clone(), settings)
+            (dir_model_name(dir), dir.to_path_buf(), settings)
         }
-        (None, None) => return Ok(()),
+        (None, None) => return Ok(None),
     };
-    if let Some(s) = &args.scheduler {
+    if let Some(s) = scheduler {
         settings.scheduler = s.parse()?;
     }
-    if !(args.strength > 0.0 && args.strength <= 1.0) {
-        bail!("--strength must be in (0, 1], got {}", args.strength);
+    if !(strength > 0.0 && strength <= 1.0) {
+        bail!("--strength must be in (0, 1], got {strength}");
     }
-    settings.strength = args.strength;
-    let backend = DiffusionBackend::load(name, &dir, settings)
+    settings.strength = strength;
+    let backend = DiffusionBackend::load(name.clone(), &dir, settings)
         .with_context(|| format!("cannot load the model in {}", dir.display()))?;
     engine.register(backend);
-    Ok(())
+    Ok(Some(name))
 }
 
 /// `sample_size × 2^(levels-1)` from a diffusers folder's configs.

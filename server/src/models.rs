@@ -55,11 +55,12 @@ pub fn register_model(
                 );
             }
             let dir = ModelStore::from_env().locate(&manifest)?;
-            (
-                name.to_string(),
-                dir,
-                DiffusionSettings::from_manifest(&manifest),
-            )
+            let mut settings = DiffusionSettings::from_manifest(&manifest);
+            // The weights' own native size wins (it equals the manifest's for real models).
+            if let Some(resolution) = folder_resolution(&dir) {
+                settings.resolution = resolution;
+            }
+            (name.to_string(), dir, settings)
         }
         (None, Some(dir)) => {
             let manifest = Manifest::find("sd15-inpaint")?;

@@ -51,7 +51,8 @@ struct Failure {
 /// Runs `outpaint batch`. Usage errors come back as `clap::Error`; errors that stop the batch
 /// before it starts (name clashes, an unusable output folder) as other errors.
 pub fn run(args: &BatchArgs) -> Result<Outcome> {
-    let engine = Engine::new(Limits::from(&args.limits));
+    let mut engine = Engine::new(Limits::from(&args.limits));
+    crate::models::register(&mut engine, &args.generation)?;
     let expansion = args.geometry.expansion(SUBCOMMAND)?;
     let options = args.generation.options(args.format);
     engine

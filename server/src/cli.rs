@@ -55,6 +55,52 @@ pub enum Command {
     ///
     /// Example: outpaint serve --bind 0.0.0.0:8080 --access-key AK --secret-key SK
     Serve(Box<ServeArgs>),
+    /// List the supported diffusion models, or download one into the Hugging Face cache.
+    ///
+    /// Example: outpaint models pull sd15-inpaint
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Time one component of a model's architecture on the shapes of
+    /// shared/perf/torch_reference.py, printing the same JSON lines.
+    ///
+    /// Example: outpaint bench unet --model sd15-inpaint --random-weights --warmup 1 --runs 3
+    Bench(BenchArgs),
+}
+
+/// `outpaint models ...`.
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// The supported models, whether each is installed, and its size.
+    List,
+    /// Download a model into the Hugging Face cache (HF_HOME; HF_TOKEN for gated
+    /// repositories; refused when HF_HUB_OFFLINE=1). Resumes an interrupted download.
+    Pull {
+        /// The model, as `outpaint models list` names it.
+        name: String,
+    },
+}
+
+/// Flags of `outpaint bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// unet, vae_enc, vae_dec, clip, or pipeline (a whole 512² expansion).
+    pub component: String,
+    /// The model whose architecture is timed.
+    #[arg(long, value_name = "NAME", default_value = "sd15-inpaint")]
+    pub model: String,
+    /// Build the component from the architecture's published config with random weights
+    /// (timing does not depend on weight values); without it, the installed weights.
+    #[arg(long)]
+    pub random_weights: bool,
+    /// Untimed runs first.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: u32,
+    /// Timed runs.
+    #[arg(long, default_value_t = 3)]
+    pub runs: u32,
+    /// Denoising steps of the `pipeline` component.
+    #[arg(long, default_value_t = 2)]
+    pub steps: u32,
 }
 
 /// Flags of `outpaint expand`.
@@ -247,9 +293,52 @@ pub struct GenerationArgs {
     /// instant but streaky; a baseline, and for load tests).
     #[arg(long, env = "OUTPAINT_BACKEND", value_name = "NAME", default_value = InfillBackend::NAME)]
     pub backend: String,
+
+    /// Generate with a Stable Diffusion inpainting model (see `outpaint models list`), from the
+    /// Hugging Face cache; replaces --backend. A model that is not installed is an error (never
+    /// a silent fallback): `outpaint models pull NAME` installs it.
+    #[arg(
+        long,
+        env = "OUTPAINT_MODEL",
+        value_name = "NAME",
+        conflicts_with = "model_dir"
+    )]
+    pub model: Option<String>,
+
+    /// Generate with the diffusers-layout inpainting model in this folder (unet/, vae/,
+    /// text_encoder/, tokenizer/, scheduler/); replaces --backend.
+    #[arg(long, value_name = "PATH")]
+    pub model_dir: Option<PathBuf>,
+
+    /// Denoising steps of a model [default: the model's, usually 30].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=500))]
+    pub steps: Option<u32>,
+
+    /// Classifier-free guidance scale of a model [default: the model's, usually 7.5].
+    #[arg(long, value_name = "SCALE")]
+    pub guidance_scale: Option<f32>,
+
+    /// Scheduler of a model: ddim or euler_ancestral [default: the model's].
+    #[arg(long, value_name = "NAME")]
+    pub scheduler: Option<String>,
+
+    /// Fraction of the denoising schedule a model runs, in (0, 1]. Below 1 it starts from the
+    /// PatchMatch pre-fill of the new area, which then guides the composition.
+    #[arg(long, value_name = "F", default_value_t = 1.0)]
+    pub strength: f64,
 }
 
 impl GenerationArgs {
+    /// The backend the flags choose: the model's name with --model or --model-dir, else
+    /// --backend.
+    pub fn backend_name(&self) -> String {
+        match (&self.model, &self.model_dir) {
+            (Some(name), _) => name.clone(),
+            (None, Some(dir)) => crate::models::dir_model_name(dir),
+            (None, None) => self.backend.clone(),
+        }
+    }
+
     /// The engine options these flags describe, for results in `format`.
     pub fn options(&self, format: OutputFormat) -> ExpandOptions {
         ExpandOptions {
@@ -257,8 +346,10 @@ impl GenerationArgs {
             seed: self.seed,
             prompt: self.prompt.clone(),
             negative_prompt: self.negative_prompt.clone(),
-            backend: Some(self.backend.clone()),
+            backend: Some(self.backend_name()),
             output_format: format,
+            steps: self.steps,
+            guidance_scale: self.guidance_scale,
             ..ExpandOptions::default()
         }
     }

@@ -16,7 +16,8 @@ const SUBCOMMAND: &str = "expand";
 
 /// Runs `outpaint expand`. Usage errors come back as `clap::Error`.
 pub fn run(args: &ExpandArgs) -> Result<()> {
-    let engine = Engine::new(Limits::from(&args.limits));
+    let mut engine = Engine::new(Limits::from(&args.limits));
+    crate::models::register(&mut engine, &args.generation)?;
     let expansion = args.geometry.expansion(SUBCOMMAND)?;
     let format = output_format(args.output.as_deref(), args.format)?;
     let options = args.generation.options(format);

@@ -11,6 +11,7 @@ mod cli;
 mod expand;
 mod files;
 mod logging;
+mod models;
 mod outbound;
 mod serve;
 
@@ -38,6 +39,8 @@ fn main() -> ExitCode {
             batch::Outcome::SomeFailed => ExitCode::FAILURE,
         }),
         Command::Serve(args) => serve::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Models(command) => models::run(command).map(|()| ExitCode::SUCCESS),
+        Command::Bench(args) => models::bench(args).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|err| {
         if let Some(usage) = err.downcast_ref::<clap::Error>() {

@@ -748,3 +748,200 @@ mod batch {
         assert_eq!(names(&dir.path().join("deep")), ["deep.png", "top.png"]);
     }
 }
+
+/// Diffusion models: the tiny random SD-inpainting fixture of `outpaint-diffusion` stands in
+/// for a real checkpoint (same layout, same code path); no test downloads anything.
+mod models {
+    use super::*;
+
+    fn tiny_model() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../crates/diffusion/tests/fixtures/tiny-sd-inpaint")
+    }
+
+    #[test]
+    fn model_dir_expansion_has_the_right_size_and_an_exact_original() {
+        let dir = tempfile::tempdir().unwrap();
+        let original = textured(320, 300);
+        write_png(&dir.path().join("in.png"), original.clone());
+        let model = tiny_model();
+        let out = outpaint(
+            dir.path(),
+            &[
+                "expand",
+                "in.png",
+                "-d",
+                "all",
+                "--expansion-ratio",
+                "1.5",
+                "--model-dir",
+                model.to_str().unwrap(),
+                "--prompt",
+                "a red house",
+                "--negative-prompt",
+                "blurry",
+                "--steps",
+                "3",
+                "-n",
+                "2",
+                "--seed",
+                "7",
+                "-o",
+                "out.png",
+            ],
+        );
+        assert_success(&out);
+        let a = decode(&dir.path().join("out-0.png")).to_rgb8();
+        let b = decode(&dir.path().join("out-1.png")).to_rgb8();
+        assert_eq!(a.dimensions(), (480, 450));
+        assert!(box_is_exact(&a, &original, 80, 75));
+        assert!(box_is_exact(&b, &original, 80, 75));
+        assert!(differ_outside(&a, &b, (80, 75, 320, 300)));
+        let text =
+            String::from_utf8_lossy(&fs::read(dir.path().join("out-0.png")).unwrap()).into_owned();
+        assert!(
+            text.contains("tiny-sd-inpaint"),
+            "the model is recorded in the PNG"
+        );
+    }
+
+    /// A Hugging Face cache (`HF_HOME`) in which `sd15-inpaint` is "installed": the manifest's
+    /// files, taken from the tiny fixture (its weights are f16, as the fp16 files named there).
+    fn fake_hf_home(root: &Path) -> PathBuf {
+        let home = root.join("hf");
+        let repo = home.join("hub/models--stable-diffusion-v1-5--stable-diffusion-inpainting");
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        fs::create_dir_all(repo.join("refs")).unwrap();
+        fs::write(repo.join("refs/main"), commit).unwrap();
+        let snapshot = repo.join("snapshots").join(commit);
+        let tiny = tiny_model();
+        for (to, from) in [
+            ("model_index.json", "model_index.json"),
+            (
+                "scheduler/scheduler_config.json",
+                "scheduler/scheduler_config.json",
+            ),
+            ("text_encoder/config.json", "text_encoder/config.json"),
+            (
+                "text_encoder/model.fp16.safetensors",
+                "text_encoder/model.safetensors",
+            ),
+            ("tokenizer/merges.txt", "tokenizer/merges.txt"),
+            (
+                "tokenizer/special_tokens_map.json",
+                "tokenizer/tokenizer_config.json",
+            ),
+            (
+                "tokenizer/tokenizer_config.json",
+                "tokenizer/tokenizer_config.json",
+            ),
+            ("tokenizer/vocab.json", "tokenizer/vocab.json"),
+            ("unet/config.json", "unet/config.json"),
+            (
+                "unet/diffusion_pytorch_model.fp16.safetensors",
+                "unet/diffusion_pytorch_model.safetensors",
+            ),
+            ("vae/config.json", "vae/config.json"),
+            (
+                "vae/diffusion_pytorch_model.fp16.safetensors",
+                "vae/diffusion_pytorch_model.safetensors",
+            ),
+        ] {
+            let dest = snapshot.join(to);
+            fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            fs::copy(tiny.join(from), dest).unwrap();
+        }
+        home
+    }
+
+    #[test]
+    fn an_installed_model_is_found_in_the_hf_cache_and_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = fake_hf_home(dir.path());
+        write_png(&dir.path().join("in.png"), textured(300, 300));
+        let run = |args: &[&str]| {
+            Command::new(env!("CARGO_BIN_EXE_outpaint"))
+                .current_dir(dir.path())
+                .env("HF_HOME", &home)
+                .env("HF_HUB_OFFLINE", "1")
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        let list = run(&["models", "list"]);
+        assert_success(&list);
+        let line = stdout(&list)
+            .lines()
+            .find(|l| l.starts_with("sd15-inpaint"))
+            .unwrap()
+            .to_string();
+        assert!(line.contains("yes"), "{line}");
+        let out = run(&[
+            "expand",
+            "in.png",
+            "-d",
+            "right",
+            "--model",
+            "sd15-inpaint",
+            "--steps",
+            "2",
+            "-o",
+            "out.png",
+        ]);
+        assert_success(&out);
+        assert_eq!(
+            decode(&dir.path().join("out.png")).to_rgb8().dimensions(),
+            (450, 300)
+        );
+    }
+
+    #[test]
+    fn a_model_that_is_not_installed_names_the_pull_command() {
+        let dir = tempfile::tempdir().unwrap();
+        write_png(&dir.path().join("in.png"), textured(300, 300));
+        let out = Command::new(env!("CARGO_BIN_EXE_outpaint"))
+            .current_dir(dir.path())
+            .env("HF_HOME", dir.path().join("hf"))
+            .env("HF_HUB_OFFLINE", "1")
+            .args(["expand", "in.png", "-d", "right", "--model", "sd15-inpaint"])
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("outpaint models pull sd15-inpaint"), "{err}");
+        assert!(
+            !dir.path().join("in-expanded.png").exists(),
+            "no fallback to infill"
+        );
+    }
+
+    #[test]
+    fn models_list_names_every_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_outpaint"))
+            .current_dir(dir.path())
+            .env("HF_HOME", dir.path().join("hf"))
+            .args(["models", "list"])
+            .output()
+            .unwrap();
+        assert_success(&out);
+        let text = stdout(&out);
+        for name in ["sd15-inpaint", "sd2-inpaint", "sdxl-inpaint"] {
+            assert!(text.contains(name), "{text}");
+        }
+    }
+
+    #[test]
+    fn pull_is_refused_offline() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_outpaint"))
+            .current_dir(dir.path())
+            .env("HF_HOME", dir.path().join("hf"))
+            .env("HF_HUB_OFFLINE", "1")
+            .args(["models", "pull", "sd15-inpaint"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).contains("HF_HUB_OFFLINE"), "{}", stderr(&out));
+    }
+}

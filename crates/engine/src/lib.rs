@@ -29,6 +29,8 @@
 
 pub mod backend;
 pub mod codec;
+#[cfg(feature = "diffusion")]
+pub mod diffusion;
 mod engine;
 mod error;
 pub mod seed;
@@ -36,6 +38,8 @@ pub mod watermark;
 
 pub use backend::{Backend, BackendError, EdgeBackend, GenerationJob, InfillBackend, Progress};
 pub use codec::{DecodedImage, OutputFormat};
+#[cfg(feature = "diffusion")]
+pub use diffusion::{DiffusionBackend, DiffusionSettings};
 pub use engine::{
     Engine, ExpandOptions, ExpandRequest, Expanded, JobControl, MAX_PROMPT_CHARS, MAX_STEPS,
     MAX_VARIATIONS, Timings,

@@ -213,6 +213,21 @@ pub struct ServeArgs {
     )]
     pub backend: String,
 
+    /// Load this diffusion model (see `outpaint models list`) once at start, keep it resident,
+    /// and make it the default; a request's `model` field can still pick infill or edge. Not
+    /// installed is an error at start (`outpaint models pull NAME`), never a fallback.
+    #[arg(
+        long,
+        env = "OUTPAINT_MODEL",
+        value_name = "NAME",
+        conflicts_with = "model_dir"
+    )]
+    pub model: Option<String>,
+
+    /// Like --model, from a local diffusers-layout folder.
+    #[arg(long, env = "OUTPAINT_MODEL_DIR", value_name = "PATH")]
+    pub model_dir: Option<PathBuf>,
+
     /// Log format on stderr: human (coloured on a terminal) or json (one object per line).
     #[arg(
         long,

@@ -1,0 +1,222 @@
+//! The CLIP text encoder (transformers' `CLIPTextModel`), written here because candle's keeps
+//! its config private (no tiny or fine-tuned sizes) and approximates `gelu` with tanh.
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use serde::Deserialize;
+
+use crate::Result;
+
+/// The activation of the MLPs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// `x * sigmoid(1.702 x)` (OpenAI CLIP, SD 1.x).
+    QuickGelu,
+    /// The exact, erf-based GELU (OpenCLIP, SD 2.x).
+    Gelu,
+}
+
+/// The fields of a transformers text_encoder/config.json that the model uses.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClipTextConfig {
+    /// Token vocabulary size.
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the MLPs.
+    pub intermediate_size: usize,
+    /// Number of transformer layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads per layer.
+    pub num_attention_heads: usize,
+    /// Sequence length (77).
+    pub max_position_embeddings: usize,
+    /// MLP activation.
+    pub hidden_act: Activation,
+    /// LayerNorm epsilon.
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+}
+
+fn default_eps() -> f64 {
+    1e-5
+}
+
+impl ClipTextConfig {
+    /// CLIP ViT-L/14's text model (SD 1.x), from
+    /// <https://huggingface.co/openai/clip-vit-large-patch14/blob/main/config.json>.
+    pub fn vit_l14() -> Self {
+        ClipTextConfig {
+            vocab_size: 49408,
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            max_position_embeddings: 77,
+            hidden_act: Activation::QuickGelu,
+            layer_norm_eps: 1e-5,
+        }
+    }
+
+    /// OpenCLIP ViT-H/14's text model less its last layer (SD 2.x), from
+    /// <https://huggingface.co/stabilityai/stable-diffusion-2-inpainting/blob/main/text_encoder/config.json>.
+    pub fn vit_h14() -> Self {
+        ClipTextConfig {
+            vocab_size: 49408,
+            hidden_size: 1024,
+            intermediate_size: 4096,
+            num_hidden_layers: 23,
+            num_attention_heads: 16,
+            max_position_embeddings: 77,
+            hidden_act: Activation::Gelu,
+            layer_norm_eps: 1e-5,
+        }
+    }
+}
+
+fn linear(i: usize, o: usize, vb: VarBuilder) -> Result<Linear> {
+    Ok(candle_nn::linear(i, o, vb)?)
+}
+
+#[derive(Debug)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    heads: usize,
+}
+
+impl Attention {
+    fn forward(&self, xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (b, n, d) = xs.dims3()?;
+        let hd = d / self.heads;
+        let split = |t: Tensor| -> Result<Tensor> {
+            Ok(t.reshape((b, n, self.heads, hd))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = split((self.q_proj.forward(xs)? * (hd as f64).powf(-0.5))?)?;
+        let k = split(self.k_proj.forward(xs)?)?;
+        let v = split(self.v_proj.forward(xs)?)?;
+        let w = q.matmul(&k.t()?)?.broadcast_add(mask)?; // shape: [b, heads, n, n]
+        let w = candle_nn::ops::softmax_last_dim(&w)?;
+        let o = w.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
+        Ok(self.out_proj.forward(&o)?)
+    }
+}
+
+#[derive(Debug)]
+struct EncoderLayer {
+    self_attn: Attention,
+    layer_norm1: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    layer_norm2: LayerNorm,
+    act: Activation,
+}
+
+impl EncoderLayer {
+    fn forward(&self, xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let h = self
+            .self_attn
+            .forward(&self.layer_norm1.forward(xs)?, mask)?;
+        let xs = (xs + h)?;
+        let h = self.fc1.forward(&self.layer_norm2.forward(&xs)?)?;
+        let h = match self.act {
+            Activation::QuickGelu => (&h * candle_nn::ops::sigmoid(&(&h * 1.702)?)?)?,
+            Activation::Gelu => h.gelu_erf()?,
+        };
+        Ok((xs + self.fc2.forward(&h)?)?)
+    }
+}
+
+/// The CLIP text transformer; [`ClipTextModel::forward`] returns the last hidden state (after
+/// the final LayerNorm), which is what Stable Diffusion conditions on.
+#[derive(Debug)]
+pub struct ClipTextModel {
+    token_embedding: Embedding,
+    position_embedding: Embedding,
+    layers: Vec<EncoderLayer>,
+    final_layer_norm: LayerNorm,
+    span: tracing::Span,
+}
+
+impl ClipTextModel {
+    /// Builds the model from `vb` (with or without the `text_model.` prefix).
+    pub fn new(vb: VarBuilder, config: &ClipTextConfig) -> Result<Self> {
+        let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") {
+            vb.pp("text_model")
+        } else {
+            vb
+        };
+        let d = config.hidden_size;
+        let eps = config.layer_norm_eps;
+        let emb = vb.pp("embeddings");
+        let token_embedding =
+            candle_nn::embedding(config.vocab_size, d, emb.pp("token_embedding"))?;
+        let position_embedding = candle_nn::embedding(
+            config.max_position_embeddings,
+            d,
+            emb.pp("position_embedding"),
+        )?;
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| {
+                let vb = vb.pp("encoder.layers").pp(i);
+                let a = vb.pp("self_attn");
+                Ok(EncoderLayer {
+                    self_attn: Attention {
+                        q_proj: linear(d, d, a.pp("q_proj"))?,
+                        k_proj: linear(d, d, a.pp("k_proj"))?,
+                        v_proj: linear(d, d, a.pp("v_proj"))?,
+                        out_proj: linear(d, d, a.pp("out_proj"))?,
+                        heads: config.num_attention_heads,
+                    },
+                    layer_norm1: candle_nn::layer_norm(d, eps, vb.pp("layer_norm1"))?,
+                    fc1: linear(d, config.intermediate_size, vb.pp("mlp.fc1"))?,
+                    fc2: linear(config.intermediate_size, d, vb.pp("mlp.fc2"))?,
+                    layer_norm2: candle_nn::layer_norm(d, eps, vb.pp("layer_norm2"))?,
+                    act: config.hidden_act,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let final_layer_norm = candle_nn::layer_norm(d, eps, vb.pp("final_layer_norm"))?;
+        Ok(ClipTextModel {
+            token_embedding,
+            position_embedding,
+            layers,
+            final_layer_norm,
+            span: tracing::trace_span!("clip_text"),
+        })
+    }
+
+    /// Token ids (`u32`, shape `[b, n]`) to hidden states (shape `[b, n, hidden_size]`).
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let (_, n) = ids.dims2()?;
+        let device = ids.device();
+        let positions = Tensor::arange(0u32, n as u32, device)?;
+        let xs = self
+            .token_embedding
+            .forward(ids)?
+            .broadcast_add(&self.position_embedding.forward(&positions)?)?;
+        let mask = causal_mask(n, xs.dtype(), device)?;
+        let mut xs = xs;
+        for layer in &self.layers {
+            xs = layer.forward(&xs, &mask)?;
+        }
+        Ok(self.final_layer_norm.forward(&xs)?)
+    }
+}
+
+fn causal_mask(n: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..n)
+        .flat_map(|i| (0..n).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (n, n), device)?
+        .to_dtype(dtype)?
+        .unsqueeze(0)?
+        .unsqueeze(0)?
+        .contiguous()?)
+}

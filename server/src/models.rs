@@ -1,0 +1,228 @@
+//! Diffusion models on the command line: `--model` / `--model-dir` for `expand` and `batch`,
+//! `outpaint models list|pull`, and `outpaint bench`.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use outpaint_diffusion::bench::{Component, Runner};
+use outpaint_diffusion::manifest::{Manifest, ModelStore};
+use outpaint_diffusion::{Device, InpaintModel, InpaintParams, SchedulerKind, Tensor};
+use outpaint_engine::diffusion::{DiffusionSettings, default_device};
+use outpaint_engine::{DiffusionBackend, Engine};
+use serde_json::json;
+
+use crate::cli::{BenchArgs, GenerationArgs, ModelsCommand};
+
+/// The backend name of a `--model-dir` model: the folder's name.
+pub fn dir_model_name(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "local-model".to_string())
+}
+
+/// Loads the model that --model or --model-dir names (if any) and registers it on `engine`.
+pub fn register(engine: &mut Engine, args: &GenerationArgs) -> Result<()> {
+    register_model(
+        engine,
+        args.model.as_deref(),
+        args.model_dir.as_deref(),
+        args.scheduler.as_deref(),
+        args.strength,
+    )
+    .map(|_| ())
+}
+
+/// Loads a model by manifest name or from a diffusers folder, registers it on `engine` and
+/// returns its backend name; `Ok(None)` when neither is given. Never falls back to another
+/// backend: a model that is not installed is an error naming the pull command.
+pub fn register_model(
+    engine: &mut Engine,
+    model: Option<&str>,
+    model_dir: Option<&Path>,
+    scheduler: Option<&str>,
+    strength: f64,
+) -> Result<Option<String>> {
+    let (name, dir, mut settings) = match (model, model_dir) {
+        (Some(name), _) => {
+            let manifest = Manifest::find(name)?;
+            if !manifest.architecture.is_supported() {
+                bail!(
+                    "model {name}: the {:?} architecture is not supported yet",
+                    manifest.architecture
+                );
+            }
+            let dir = ModelStore::from_env().locate(&manifest)?;
+            let mut settings = DiffusionSettings::from_manifest(&manifest);
+            // The weights' own native size wins (it equals the manifest's for real models).
+            if let Some(resolution) = folder_resolution(&dir) {
+                settings.resolution = resolution;
+            }
+            (name.to_string(), dir, settings)
+        }
+        (None, Some(dir)) => {
+            let manifest = Manifest::find("sd15-inpaint")?;
+            let mut settings = DiffusionSettings::from_manifest(&manifest);
+            // A folder's native resolution is its UNet's sample size times the VAE's factor.
+            if let Some(resolution) = folder_resolution(dir) {
+                settings.resolution = resolution;
+            }
+            (dir_model_name(dir), dir.to_path_buf(), settings)
+        }
+        (None, None) => return Ok(None),
+    };
+    if let Some(s) = scheduler {
+        settings.scheduler = s.parse()?;
+    }
+    if !(strength > 0.0 && strength <= 1.0) {
+        bail!("--strength must be in (0, 1], got {strength}");
+    }
+    settings.strength = strength;
+    let backend = DiffusionBackend::load(name.clone(), &dir, settings)
+        .with_context(|| format!("cannot load the model in {}", dir.display()))?;
+    engine.register(backend);
+    Ok(Some(name))
+}
+
+/// `sample_size × 2^(levels-1)` from a diffusers folder's configs.
+fn folder_resolution(dir: &Path) -> Option<u32> {
+    let read = |p: &str| -> Option<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(p)).ok()?).ok()
+    };
+    let sample = read("unet/config.json")?.get("sample_size")?.as_u64()?;
+    let levels = read("vae/config.json")?
+        .get("block_out_channels")?
+        .as_array()?
+        .len() as u32;
+    u32::try_from(sample << levels.saturating_sub(1)).ok()
+}
+
+/// Runs `outpaint models ...`.
+pub fn run(command: &ModelsCommand) -> Result<()> {
+    let store = ModelStore::from_env();
+    match command {
+        ModelsCommand::List => {
+            println!(
+                "{:<16} {:<10} {:>9}  DESCRIPTION",
+                "NAME", "INSTALLED", "SIZE"
+            );
+            for m in Manifest::builtin()? {
+                let (installed, bytes) = match store.installed_bytes(&m) {
+                    Some(b) => ("yes", b),
+                    None => ("no", m.download_bytes),
+                };
+                println!(
+                    "{:<16} {:<10} {:>7.1} GB  {}",
+                    m.name,
+                    installed,
+                    bytes as f64 / 1e9,
+                    m.description
+                );
+            }
+            Ok(())
+        }
+        ModelsCommand::Pull { name } => {
+            let m = Manifest::find(name)?;
+            let dir = store.pull(&m, true)?;
+            println!("{}", dir.display());
+            Ok(())
+        }
+    }
+}
+
+/// Runs `outpaint bench COMPONENT`: JSON lines as shared/perf/torch_reference.py prints them.
+pub fn bench(args: &BenchArgs) -> Result<()> {
+    let manifest = Manifest::find(&args.model)?;
+    let (device, _) = default_device();
+    let threads = std::env::var("RAYON_NUM_THREADS").ok();
+    let started = Instant::now();
+    let mut params = None;
+    let run: Box<dyn Fn() -> Result<(f32, Vec<usize>)>> = if args.component == "pipeline" {
+        let model = if args.random_weights {
+            InpaintModel::random(
+                manifest.architecture,
+                &device,
+                outpaint_diffusion::DType::F32,
+            )?
+        } else {
+            InpaintModel::load(
+                &ModelStore::from_env().locate(&manifest)?,
+                &device,
+                outpaint_diffusion::DType::F32,
+            )?
+        };
+        let r = manifest.resolution as usize;
+        let image = Tensor::full(0.5f32, (1, 3, r, r), &Device::Cpu)?;
+        let mask = Tensor::ones((1, 1, r, r), outpaint_diffusion::DType::F32, &Device::Cpu)?;
+        let steps = args.steps as usize;
+        Box::new(move || {
+            let params = InpaintParams {
+                prompt: "a photo",
+                steps,
+                scheduler: SchedulerKind::Ddim,
+                ..InpaintParams::default()
+            };
+            let y = model.inpaint(
+                &image,
+                &mask,
+                &params,
+                &mut |_, _| {},
+                &AtomicBool::new(false),
+            )?;
+            let mean = y.abs()?.mean_all()?.to_scalar::<f32>()?;
+            Ok((mean, y.dims().to_vec()))
+        })
+    } else {
+        let component: Component = args.component.parse()?;
+        if !args.random_weights {
+            bail!("bench {} needs --random-weights for now", args.component);
+        }
+        let runner = Runner::random(
+            component,
+            manifest.architecture,
+            manifest.resolution as usize,
+            &device,
+        )?;
+        params = Some(runner.params());
+        Box::new(move || Ok(runner.run()?))
+    };
+    println!(
+        "{}",
+        json!({"event": "ready", "fw": "candle", "component": args.component, "model": manifest.name,
+               "threads": threads, "params": params, "build_s": round(started.elapsed().as_secs_f64())})
+    );
+    for _ in 0..args.warmup {
+        let t = Instant::now();
+        run()?;
+        println!(
+            "{}",
+            json!({"event": "warmup", "seconds": round(t.elapsed().as_secs_f64())})
+        );
+    }
+    let mut times = Vec::new();
+    for _ in 0..args.runs {
+        let t = Instant::now();
+        let (mean_abs, shape) = run()?;
+        let dt = t.elapsed().as_secs_f64();
+        times.push(dt);
+        println!(
+            "{}",
+            json!({"event": "run", "fw": "candle", "component": args.component, "seconds": round(dt),
+                   "out_mean_abs": mean_abs, "out_shape": shape})
+        );
+    }
+    if !times.is_empty() {
+        times.sort_by(f64::total_cmp);
+        println!(
+            "{}",
+            json!({"event": "median", "component": args.component, "seconds": round(times[times.len() / 2])})
+        );
+    }
+    Ok(())
+}
+
+fn round(s: f64) -> f64 {
+    (s * 1e4).round() / 1e4
+}

@@ -18,6 +18,7 @@ pub mod bench;
 pub mod clip;
 pub mod config;
 mod error;
+pub mod kernels;
 pub mod manifest;
 mod pipeline;
 pub mod random;

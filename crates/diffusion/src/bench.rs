@@ -113,6 +113,140 @@ impl Runner {
     }
 }
 
+/// A timed closure.
+pub type KernelFn = Box<dyn Fn() -> Result<Tensor>>;
+
+/// One kernel of [`crate::kernels`] on a real SD 1.5 shape, with its candle composition.
+pub struct KernelCase {
+    /// What and on which shape.
+    pub name: String,
+    /// The fast path (what [`crate::kernels`] runs).
+    pub fast: KernelFn,
+    /// The plain candle composition.
+    pub candle: KernelFn,
+    /// Other implementations worth timing, by name.
+    pub others: Vec<(String, KernelFn)>,
+}
+
+impl std::fmt::Debug for KernelCase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// The kernel micro benchmarks on SD 1.5's shapes at 512² with batch 2 (classifier-free
+/// guidance), on the CPU with random inputs. `filter` keeps the cases whose name contains it.
+pub fn kernel_cases(filter: &str) -> Result<Vec<KernelCase>> {
+    use crate::kernels::{self, Conv2d, GroupNorm};
+    use crate::random::NoiseRng;
+    use candle_core::Module;
+
+    let dev = Device::Cpu;
+    let mut rng = NoiseRng::new(0);
+    let mut randn = |shape: &[usize]| rng.randn(shape, &dev);
+    let mut cases = Vec::new();
+    let keep = |name: &str| name.contains(filter);
+
+    for (c, hw) in [(320, 64), (640, 32), (1280, 16), (1280, 8)] {
+        let name = format!("conv3x3 {c}->{c} {hw}x{hw} b2");
+        if !keep(&name) {
+            continue;
+        }
+        let x = randn(&[2, c, hw, hw])?;
+        let w = (randn(&[c, c, 3, 3])? * 0.02)?;
+        let b = randn(&[c])?;
+        let conv = Conv2d::new(w.clone(), Some(b.clone()), 1, 1);
+        let x2 = x.clone();
+        cases.push(KernelCase {
+            name,
+            fast: Box::new(move || Ok(conv.forward(&x)?)),
+            candle: Box::new(move || Ok(kernels::reference::conv2d(&x2, &w, Some(&b), 1, 1)?)),
+            others: Vec::new(),
+        });
+    }
+    for (name, n, lq, lk, d) in [
+        ("self-attn (16, 4096, 40)", 16, 4096, 4096, 40),
+        ("self-attn (16, 1024, 80)", 16, 1024, 1024, 80),
+        ("cross-attn (16, 4096, 40) lk 77", 16, 4096, 77, 40),
+    ] {
+        if !keep(name) {
+            continue;
+        }
+        let (q, k, v) = (
+            randn(&[n, lq, d])?,
+            randn(&[n, lk, d])?,
+            randn(&[n, lk, d])?,
+        );
+        let scale = 1.0 / (d as f64).sqrt();
+        let (q2, k2, v2) = (q.clone(), k.clone(), v.clone());
+        // candle-nn's CPU flash attention takes (B, S, H, D).
+        let bshd = |t: &Tensor| -> Result<Tensor> {
+            Ok(t.reshape((2, n / 2, t.dim(1)?, d))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let (q3, k3, v3) = (bshd(&q)?, bshd(&k)?, bshd(&v)?);
+        cases.push(KernelCase {
+            name: name.to_string(),
+            fast: Box::new(move || Ok(kernels::attention(&q, &k, &v, scale)?)),
+            candle: Box::new(move || Ok(kernels::reference::attention(&q2, &k2, &v2, scale)?)),
+            others: vec![(
+                "candle_nn flash_attn".to_string(),
+                Box::new(move || {
+                    Ok(candle_nn::attention::flash_attn::<f32>(
+                        &q3,
+                        &k3,
+                        &v3,
+                        scale as f32,
+                        candle_nn::attention::AttnMask::None,
+                        None,
+                        None,
+                    )?)
+                }),
+            )],
+        });
+    }
+    let name = "geglu (2, 4096, 2560)";
+    if keep(name) {
+        let x = randn(&[2, 4096, 2 * 2560])?;
+        let x2 = x.clone();
+        cases.push(KernelCase {
+            name: name.to_string(),
+            fast: Box::new(move || Ok(kernels::geglu(&x)?)),
+            candle: Box::new(move || Ok(kernels::reference::geglu(&x2)?)),
+            others: Vec::new(),
+        });
+    }
+    for silu in [false, true] {
+        let name = format!(
+            "group norm{} 32 groups (2, 320, 64, 64)",
+            if silu { "+silu" } else { "" }
+        );
+        if !keep(&name) {
+            continue;
+        }
+        let x = randn(&[2, 320, 64, 64])?;
+        let (w, b) = (randn(&[320])?, randn(&[320])?);
+        let gn = GroupNorm::new(w.clone(), b.clone(), 32, 1e-5)?;
+        let x2 = x.clone();
+        cases.push(KernelCase {
+            name,
+            fast: Box::new(move || {
+                Ok(if silu {
+                    gn.forward_silu(&x)?
+                } else {
+                    gn.forward(&x)?
+                })
+            }),
+            candle: Box::new(move || {
+                Ok(kernels::reference::group_norm(&x2, &w, &b, 32, 1e-5, silu)?)
+            }),
+            others: Vec::new(),
+        });
+    }
+    Ok(cases)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

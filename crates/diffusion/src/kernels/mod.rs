@@ -5,19 +5,66 @@
 //! CPU, and the plain candle composition (the reference, also used on CUDA and Metal, where
 //! candle's kernels are already good). The unit tests hold the fast path to the reference.
 
-use candle_core::{D, DType, Module, Result, Tensor};
+use candle_core::{CpuStorage, D, DType, Layout, Module, Result, Tensor};
 use candle_nn::VarBuilder;
+
+mod activation;
+mod attention;
+mod conv;
+mod norm;
+mod simd;
+
+/// Whether every tensor is an f32 tensor on the CPU: the fast paths' domain.
+fn cpu_f32(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// The f32 values of a contiguous CPU tensor.
+fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("kernel input is not contiguous: {:?}", l),
+    }
+}
+
+/// A raw pointer that may cross threads, for tasks that write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: only used to hand parallel tasks disjoint regions of one output buffer, each
+// written by one task (see the callers).
+unsafe impl Send for SendPtr {}
+// SAFETY: as above; the pointer is only copied between threads.
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer (a method, so that closures capture the `SendPtr`, not its field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// `softmax(q kᵀ · scale) v` for `q` of shape (n, lq, d) and `k`, `v` of shape (n, lk, d):
 /// multi-head attention with the heads folded into `n`. Returns (n, lq, d).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    reference::attention(q, k, v, scale)
+    if !cpu_f32(&[q, k, v]) {
+        return reference::attention(q, k, v, scale);
+    }
+    let op = attention::AttentionOp {
+        scale: scale as f32,
+    };
+    q.contiguous()?
+        .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)
 }
 
 /// diffusers' GEGLU activation: `x` of shape (…, 2m) split into `h, gate` on the last
 /// dimension, returns `h * gelu(gate)` (exact, erf-based GELU) of shape (…, m).
 pub fn geglu(x: &Tensor) -> Result<Tensor> {
-    reference::geglu(x)
+    if !cpu_f32(&[x]) {
+        return reference::geglu(x);
+    }
+    x.contiguous()?.apply_op1_no_bwd(&activation::GegluOp)
 }
 
 /// A 2-D convolution (groups 1, dilation 1) with optional bias, NCHW.
@@ -57,6 +104,19 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut all = vec![x, &self.weight];
+        all.extend(self.bias.as_ref());
+        if cpu_f32(&all) {
+            let op = conv::Conv2dOp {
+                stride: self.stride,
+                padding: self.padding,
+            };
+            let (x, w) = (x.contiguous()?, self.weight.contiguous()?);
+            return match &self.bias {
+                Some(b) => x.apply_op3_no_bwd(&w, &b.contiguous()?, &op),
+                None => x.apply_op2_no_bwd(&w, &op),
+            };
+        }
         reference::conv2d(
             x,
             &self.weight,
@@ -80,7 +140,7 @@ pub struct GroupNorm {
 impl GroupNorm {
     /// Loads `weight` and `bias` (channels) from `vb`.
     pub fn load(vb: VarBuilder, groups: usize, channels: usize, eps: f64) -> Result<Self> {
-        if groups == 0 || channels % groups != 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) {
             candle_core::bail!("{channels} channels cannot be split into {groups} groups");
         }
         Ok(Self {
@@ -91,14 +151,44 @@ impl GroupNorm {
         })
     }
 
+    /// A group norm from its tensors.
+    pub fn new(weight: Tensor, bias: Tensor, groups: usize, eps: f64) -> Result<Self> {
+        let channels = weight.elem_count();
+        if groups == 0 || !channels.is_multiple_of(groups) || bias.elem_count() != channels {
+            candle_core::bail!(
+                "{channels} channels cannot be split into {groups} groups (bias {:?})",
+                bias.dims()
+            );
+        }
+        Ok(Self {
+            weight,
+            bias,
+            groups,
+            eps,
+        })
+    }
+
     /// The normalised tensor.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        reference::group_norm(x, &self.weight, &self.bias, self.groups, self.eps, false)
+        self.run(x, false)
     }
 
     /// `silu(group_norm(x))`.
     pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
-        reference::group_norm(x, &self.weight, &self.bias, self.groups, self.eps, true)
+        self.run(x, true)
+    }
+
+    fn run(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
+        if !cpu_f32(&[x, &self.weight, &self.bias]) {
+            return reference::group_norm(x, &self.weight, &self.bias, self.groups, self.eps, silu);
+        }
+        let op = norm::GroupNormOp {
+            groups: self.groups,
+            eps: self.eps,
+            silu,
+        };
+        x.contiguous()?
+            .apply_op3_no_bwd(&self.weight.contiguous()?, &self.bias.contiguous()?, &op)
     }
 }
 
@@ -162,5 +252,40 @@ pub(crate) mod reference {
         } else {
             Ok(y)
         }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use candle_core::{Device, Tensor};
+
+    use crate::random::NoiseRng;
+
+    /// A seeded standard normal tensor on the CPU, times `scale`, plus `shift`.
+    pub fn randn(seed: u64, shape: &[usize], scale: f64, shift: f64) -> Tensor {
+        let t = NoiseRng::new(seed).randn(shape, &Device::Cpu).unwrap();
+        t.affine(scale, shift).unwrap()
+    }
+
+    /// `max |a - b| ≤ tol · max(1, max |b|)`, with equal shapes.
+    pub fn assert_close(a: &Tensor, b: &Tensor, tol: f64, what: &str) {
+        assert_eq!(a.dims(), b.dims(), "{what}: shapes");
+        let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+        let mag = b.iter().fold(1f32, |m, x| m.max(x.abs())) as f64;
+        let (mut worst, mut at) = (0f64, 0);
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            let d = (*x as f64 - *y as f64).abs();
+            assert!(d.is_finite(), "{what}: {x} vs {y} at {i}");
+            if d > worst {
+                (worst, at) = (d, i);
+            }
+        }
+        assert!(
+            worst <= tol * mag,
+            "{what}: max difference {worst} at {at} ({} vs {}), magnitude {mag}",
+            a[at],
+            b[at]
+        );
     }
 }

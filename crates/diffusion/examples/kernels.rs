@@ -1,0 +1,58 @@
+//! Times the CPU kernels of `outpaint_diffusion::kernels` against candle's compositions on
+//! SD 1.5's shapes (512², batch 2), alternating the implementations run by run.
+//!
+//! ```sh
+//! RAYON_NUM_THREADS=2 cargo run --release -p outpaint-diffusion --example kernels -- [FILTER] [RUNS]
+//! ```
+
+use std::time::Instant;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let filter = args.first().map(String::as_str).unwrap_or("");
+    let runs: usize = args.get(1).map(|r| r.parse()).transpose()?.unwrap_or(5);
+    let skip_candle = std::env::var_os("SKIP_CANDLE").is_some();
+    println!(
+        "threads {}, runs {runs}; median seconds (min)",
+        rayon::current_num_threads()
+    );
+    for case in outpaint_diffusion::bench::kernel_cases(filter)? {
+        let mut impls: Vec<(
+            &str,
+            &dyn Fn() -> outpaint_diffusion::Result<candle_core::Tensor>,
+        )> = vec![("ours", &*case.fast)];
+        if !skip_candle {
+            impls.push(("candle", &*case.candle));
+            for (name, f) in &case.others {
+                impls.push((name, &**f));
+            }
+        }
+        let mut times = vec![Vec::new(); impls.len()];
+        for round in 0..=runs {
+            for (i, (_, f)) in impls.iter().enumerate() {
+                let t0 = Instant::now();
+                let y = f()?;
+                let dt = t0.elapsed().as_secs_f64();
+                std::hint::black_box(y);
+                if round > 0 {
+                    times[i].push(dt);
+                }
+            }
+        }
+        let mut line = format!("{:<40}", case.name);
+        let mut ours = 0.0;
+        for (i, (name, _)) in impls.iter().enumerate() {
+            let t = &mut times[i];
+            t.sort_by(f64::total_cmp);
+            let med = t[t.len() / 2];
+            if i == 0 {
+                ours = med;
+                line += &format!(" {name} {med:.4} ({:.4})", t[0]);
+            } else {
+                line += &format!(" | {name} {med:.4} ({:.4}) ×{:.2}", t[0], med / ours);
+            }
+        }
+        println!("{line}");
+    }
+    Ok(())
+}

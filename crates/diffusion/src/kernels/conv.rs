@@ -8,8 +8,9 @@
 //! the column matrix.
 //!
 //! Threads: with enough pixels, the (image, tile) tasks run in parallel with single-threaded
-//! GEMMs; with few (the 8×8 level), one tile after the other, each GEMM using every thread
-//! (splitting the weights rather than the pixels, so they are read once).
+//! GEMMs. With few (the 8×8 level), the columns of all images are built side by side and the
+//! tasks split the output channels instead, so that the weights are read once; if those columns
+//! would be too large, one tile after the other with each GEMM using every thread.
 
 use std::cell::RefCell;
 
@@ -21,8 +22,10 @@ use super::{SendPtr, cpu_slice};
 
 /// Most floats in one column buffer (per thread).
 const COL_BUDGET: usize = 1 << 20;
-/// Below this many output pixels per thread, parallelise inside the GEMM instead.
+/// Below this many output pixels per thread, split the output channels instead.
 const MIN_PIXELS_PER_TASK: usize = 256;
+/// Most floats in the column buffer of all images when splitting the output channels.
+const FOLDED_BUDGET: usize = 1 << 22;
 
 /// Shapes of one convolution.
 #[derive(Debug, Clone, Copy)]
@@ -62,8 +65,10 @@ thread_local! {
 pub(crate) struct Tiling {
     /// Most floats in one column buffer.
     pub col_budget: usize,
-    /// Below this many output pixels per thread, parallelise inside the GEMM instead.
+    /// Below this many output pixels per thread, split the output channels instead.
     pub min_pixels_per_task: usize,
+    /// Most floats in the column buffer of all images when splitting the output channels.
+    pub folded_budget: usize,
 }
 
 impl Default for Tiling {
@@ -71,6 +76,7 @@ impl Default for Tiling {
         Self {
             col_budget: COL_BUDGET,
             min_pixels_per_task: MIN_PIXELS_PER_TASK,
+            folded_budget: FOLDED_BUDGET,
         }
     }
 }
@@ -117,6 +123,10 @@ pub(crate) fn conv2d_f32(
     } else {
         min_tiles.min(pixels)
     };
+    if !enough && sh.n * pixels * k <= tiling.folded_budget {
+        folded(x, weight, bias, out, sh, threads);
+        return;
+    }
     let tile = pixels.div_ceil(tiles);
     let tiles = pixels.div_ceil(tile);
     let out_ptr = SendPtr(out.as_mut_ptr());
@@ -148,7 +158,7 @@ pub(crate) fn conv2d_f32(
                 if col.len() < k * n_t {
                     col.resize(k * n_t, 0.0);
                 }
-                im2col(x_b, sh, p0, p1, &mut col[..k * n_t]);
+                im2col(x_b, sh, p0, p1, &mut col[..k * n_t], n_t);
                 // SAFETY: `col` is (K, n_t) row-major; `dst` as above.
                 unsafe { tile_gemm(sh, weight, bias, col, n_t, dst, pixels, n_t, par) }
             })
@@ -160,6 +170,93 @@ pub(crate) fn conv2d_f32(
             .for_each(|i| task(i, Parallelism::None));
     } else {
         (0..sh.n * tiles).for_each(|i| task(i, Parallelism::Rayon(threads)));
+    }
+}
+
+/// Few output pixels (the 8×8 level): the columns of every image side by side,
+/// `tmp[c_out, n·pixels] = W · col`, one task per block of output channels so that each thread
+/// reads its part of the weights once, then `out = tmp + bias` image by image.
+fn folded(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    sh: ConvShape,
+    threads: usize,
+) {
+    let (k, pixels) = (sh.k(), sh.h_out() * sh.w_out());
+    let cols = sh.n * pixels;
+    let image = sh.c_in * sh.h * sh.w;
+    let mut col = vec![0f32; if sh.direct() { 0 } else { k * cols }];
+    let col: &[f32] = if sh.direct() {
+        if sh.n == 1 {
+            x
+        } else {
+            // (n, c_in, P) to (c_in, n·P).
+            col.resize(k * cols, 0.0);
+            for b in 0..sh.n {
+                for c in 0..k {
+                    col[c * cols + b * pixels..c * cols + (b + 1) * pixels]
+                        .copy_from_slice(&x[b * image + c * pixels..b * image + (c + 1) * pixels]);
+                }
+            }
+            &col
+        }
+    } else {
+        let ptr = SendPtr(col.as_mut_ptr());
+        (0..sh.n).into_par_iter().for_each(|b| {
+            // SAFETY: image `b` writes only its columns `b·pixels..(b+1)·pixels` of each row.
+            let mine = unsafe {
+                std::slice::from_raw_parts_mut(ptr.get().add(b * pixels), (k - 1) * cols + pixels)
+            };
+            im2col(&x[b * image..(b + 1) * image], sh, 0, pixels, mine, cols);
+        });
+        &col
+    };
+    let mut tmp = vec![0f32; sh.c_out * cols];
+    // Output-channel blocks: a multiple of 16 rows, one or more per thread.
+    let blk = sh
+        .c_out
+        .div_ceil(threads)
+        .next_multiple_of(16)
+        .min(sh.c_out);
+    let tmp_ptr = SendPtr(tmp.as_mut_ptr());
+    (0..sh.c_out.div_ceil(blk)).into_par_iter().for_each(|i| {
+        let (m0, m1) = (i * blk, ((i + 1) * blk).min(sh.c_out));
+        // SAFETY: rows `m0..m1` of `tmp` (c_out, cols) belong to this task; `weight` rows
+        // `m0..m1` are (m1 - m0, K) row-major; `col` is (K, cols) row-major.
+        unsafe {
+            gemm::gemm(
+                m1 - m0,
+                cols,
+                k,
+                tmp_ptr.get().add(m0 * cols),
+                1,
+                cols as isize,
+                false,
+                weight.as_ptr().add(m0 * k),
+                1,
+                k as isize,
+                col.as_ptr(),
+                1,
+                cols as isize,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            )
+        }
+    });
+    for (b, out) in out.chunks_exact_mut(sh.c_out * pixels).enumerate() {
+        for (c, row) in out.chunks_exact_mut(pixels).enumerate() {
+            let src = &tmp[c * cols + b * pixels..c * cols + (b + 1) * pixels];
+            let add = bias.map_or(0.0, |bias| bias[c]);
+            for (o, &t) in row.iter_mut().zip(src) {
+                *o = t + add;
+            }
+        }
     }
 }
 
@@ -219,7 +316,9 @@ unsafe fn tile_gemm(
 
 /// The columns `p0..p1` (flattened output pixels) of image `x` (c_in, h, w):
 /// `col[(ci, ky, kx), p - p0] = x[ci, oy·s + ky - pad, ox·s + kx - pad]`, zero outside.
-fn im2col(x: &[f32], sh: ConvShape, p0: usize, p1: usize, col: &mut [f32]) {
+///
+/// Rows of `col` are `col_rs ≥ p1 - p0` apart.
+fn im2col(x: &[f32], sh: ConvShape, p0: usize, p1: usize, col: &mut [f32], col_rs: usize) {
     let wo = sh.w_out();
     let n_t = p1 - p0;
     let (h, w, s, pad) = (sh.h, sh.w, sh.stride, sh.padding as isize);
@@ -228,7 +327,7 @@ fn im2col(x: &[f32], sh: ConvShape, p0: usize, p1: usize, col: &mut [f32]) {
         let plane = &x[ci * h * w..(ci + 1) * h * w];
         for ky in 0..sh.kh {
             for kx in 0..sh.kw {
-                let row = &mut col[r * n_t..(r + 1) * n_t];
+                let row = &mut col[r * col_rs..r * col_rs + n_t];
                 r += 1;
                 // Output columns ox with 0 ≤ ox·s + kx - pad < w.
                 let ox_lo = ((pad - kx as isize).max(0) as usize).div_ceil(s);
@@ -432,10 +531,13 @@ mod tests {
             let ws: Vec<f32> = wt.flatten_all().unwrap().to_vec1().unwrap();
             let bs: Vec<f32> = bias.unwrap().to_vec1().unwrap();
             for col_budget in [1, 7 * ci * k * k, 1 << 20] {
-                for min_pixels_per_task in [1, 1 << 20] {
+                for (min_pixels_per_task, folded_budget) in
+                    [(1, 0), (1 << 20, 0), (1 << 20, 1 << 20)]
+                {
                     let tiling = Tiling {
                         col_budget,
                         min_pixels_per_task,
+                        folded_budget,
                     };
                     let mut out = vec![f32::NAN; want.elem_count()];
                     conv2d_f32(&xs, &ws, Some(&bs), &mut out, sh, tiling);

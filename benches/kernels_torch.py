@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""PyTorch counterparts of `cargo run --release -p outpaint-diffusion --example kernels`:
+the same SD 1.5 kernel shapes (512², batch 2), timed the same way (median of RUNS after one
+warm-up), for side-by-side ratios.
+
+  TORCH_THREADS=2 OMP_NUM_THREADS=2 python3 benches/kernels_torch.py [FILTER] [RUNS]
+"""
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+torch.set_num_threads(int(os.environ.get("TORCH_THREADS", "2")))
+try:
+    torch.set_num_interop_threads(1)
+except RuntimeError:
+    pass
+
+
+def cases():
+    g = torch.Generator().manual_seed(0)
+    rn = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    for c, hw in [(320, 64), (640, 32), (1280, 16), (1280, 8)]:
+        x, w, b = rn(2, c, hw, hw), rn(c, c, 3, 3) * 0.02, rn(c)
+        yield f"conv3x3 {c}->{c} {hw}x{hw} b2", lambda x=x, w=w, b=b: F.conv2d(x, w, b, padding=1)
+    for name, n, lq, lk, d in [
+        ("self-attn (16, 4096, 40)", 16, 4096, 4096, 40),
+        ("self-attn (16, 1024, 80)", 16, 1024, 1024, 80),
+        ("cross-attn (16, 4096, 40) lk 77", 16, 4096, 77, 40),
+    ]:
+        q, k, v = rn(n, lq, d), rn(n, lk, d), rn(n, lk, d)
+        yield name, lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v)
+    x = rn(2, 4096, 2 * 2560)
+
+    def geglu(x=x):
+        h, gate = x.chunk(2, dim=-1)
+        return h * F.gelu(gate)
+
+    yield "geglu (2, 4096, 2560)", geglu
+    x, w, b = rn(2, 320, 64, 64), rn(320), rn(320)
+    yield "group norm 32 groups (2, 320, 64, 64)", lambda: F.group_norm(x, 32, w, b, 1e-5)
+    yield "group norm+silu 32 groups (2, 320, 64, 64)", lambda: F.silu(F.group_norm(x, 32, w, b, 1e-5))
+
+
+def main():
+    filt = sys.argv[1] if len(sys.argv) > 1 else ""
+    runs = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, runs {runs}; median seconds (min)")
+    with torch.inference_mode():
+        for name, f in cases():
+            if filt not in name:
+                continue
+            f()
+            ts = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                f()
+                ts.append(time.perf_counter() - t0)
+            ts.sort()
+            print(f"{name:<40} torch {ts[len(ts) // 2]:.4f} ({ts[0]:.4f})", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -11,7 +11,8 @@ bin=${KERNELS:-${CARGO_TARGET_DIR:-target}/release/examples/kernels}
 filters=("$@")
 if [ ${#filters[@]} -eq 0 ]; then
   filters=("conv3x3 320" "conv3x3 640" "1280 16x16" "1280 8x8" "(16, 4096, 40)" "(16, 1024, 80)"
-           "lk 77" "geglu" "group norm 32" "group norm+silu")
+           "lk 77" "geglu" "group norm 32" "group norm+silu" "4096, 320)->320" "4096, 320)->2560"
+           "4096, 1280)->320" "1024, 640)->640" "256, 1280)->1280" "256, 5120)->1280")
 fi
 for f in "${filters[@]}"; do
   for _ in $(seq "$reps"); do

@@ -32,6 +32,10 @@ def cases():
     ]:
         q, k, v = rn(n, lq, d), rn(n, lk, d), rn(n, lk, d)
         yield name, lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v)
+    for l, k, n in [(4096, 320, 320), (4096, 320, 2560), (4096, 1280, 320), (1024, 640, 640),
+                    (256, 1280, 1280), (256, 5120, 1280)]:
+        x, w, b = rn(2, l, k), rn(n, k) * 0.02, rn(n)
+        yield f"linear (2, {l}, {k})->{n}", lambda x=x, w=w, b=b: F.linear(x, w, b)
     x = rn(2, 4096, 2 * 2560)
 
     def geglu(x=x):

@@ -206,6 +206,30 @@ pub fn kernel_cases(filter: &str) -> Result<Vec<KernelCase>> {
             )],
         });
     }
+    for (l, k, n) in [
+        (4096, 320, 320),
+        (4096, 320, 2560),
+        (4096, 1280, 320),
+        (1024, 640, 640),
+        (256, 1280, 1280),
+        (256, 5120, 1280),
+    ] {
+        let name = format!("linear (2, {l}, {k})->{n}");
+        if !keep(&name) {
+            continue;
+        }
+        let x = randn(&[2, l, k])?;
+        let w = (randn(&[n, k])? * 0.02)?;
+        let b = randn(&[n])?;
+        let lin = kernels::Linear::new(w.clone(), Some(b.clone()));
+        let x2 = x.clone();
+        cases.push(KernelCase {
+            name,
+            fast: Box::new(move || Ok(lin.forward(&x)?)),
+            candle: Box::new(move || Ok(kernels::reference::linear(&x2, &w, Some(&b))?)),
+            others: Vec::new(),
+        });
+    }
     let name = "geglu (2, 4096, 2560)";
     if keep(name) {
         let x = randn(&[2, 4096, 2 * 2560])?;

@@ -11,6 +11,7 @@ use candle_nn::VarBuilder;
 mod activation;
 mod attention;
 mod conv;
+mod linear;
 mod norm;
 mod simd;
 
@@ -127,6 +128,46 @@ impl Module for Conv2d {
     }
 }
 
+/// A linear layer `x · Wᵀ + b` over the last dimension of `x`, `weight` (out, in).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Loads `weight` (out, in) and, if `bias`, `bias` (out) from `vb`.
+    pub fn load(vb: VarBuilder, d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
+        let weight = vb.get((d_out, d_in), "weight")?;
+        let bias = if bias {
+            Some(vb.get(d_out, "bias")?)
+        } else {
+            None
+        };
+        Ok(Self::new(weight, bias))
+    }
+
+    /// A linear layer from its tensors.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut all = vec![x, &self.weight];
+        all.extend(self.bias.as_ref());
+        if cpu_f32(&all) {
+            let (x, w) = (x.contiguous()?, self.weight.contiguous()?);
+            return match &self.bias {
+                Some(b) => x.apply_op3_no_bwd(&w, &b.contiguous()?, &linear::LinearOp),
+                None => x.apply_op2_no_bwd(&w, &linear::LinearOp),
+            };
+        }
+        reference::linear(x, &self.weight, self.bias.as_ref())
+    }
+}
+
 /// Group normalisation over NC… tensors, optionally followed by SiLU (the pair every ResNet
 /// block applies), computed in one pass on the CPU.
 #[derive(Debug, Clone)]
@@ -199,6 +240,14 @@ pub(crate) mod reference {
     pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
         let scores = (q.matmul(&k.t()?)? * scale)?;
         candle_nn::ops::softmax_last_dim(&scores)?.matmul(v)
+    }
+
+    pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        // candle-nn's Linear multiplies by the weight broadcast over the batch dimensions; with
+        // candle 0.11.1 on the CPU that product is wrong when `x` is a transposed view (e.g.
+        // (2, 12, 30).transpose(1, 2)), so the input is made contiguous first.
+        let l = candle_nn::Linear::new(weight.clone(), bias.cloned());
+        l.forward(&x.contiguous()?)
     }
 
     pub fn geglu(x: &Tensor) -> Result<Tensor> {

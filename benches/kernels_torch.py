@@ -22,13 +22,15 @@ except RuntimeError:
 def cases():
     g = torch.Generator().manual_seed(0)
     rn = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    for c, hw in [(320, 64), (640, 32), (1280, 16), (1280, 8)]:
-        x, w, b = rn(2, c, hw, hw), rn(c, c, 3, 3) * 0.02, rn(c)
-        yield f"conv3x3 {c}->{c} {hw}x{hw} b2", lambda x=x, w=w, b=b: F.conv2d(x, w, b, padding=1)
+    for c, hw, n in [(320, 64, 2), (640, 32, 2), (1280, 16, 2), (1280, 8, 2), (128, 512, 1), (512, 128, 1)]:
+        x, w, b = rn(n, c, hw, hw), rn(c, c, 3, 3) * 0.02, rn(c)
+        vae = "vae " if n == 1 else ""
+        yield f"{vae}conv3x3 {c}->{c} {hw}x{hw} b{n}", lambda x=x, w=w, b=b: F.conv2d(x, w, b, padding=1)
     for name, n, lq, lk, d in [
         ("self-attn (16, 4096, 40)", 16, 4096, 4096, 40),
         ("self-attn (16, 1024, 80)", 16, 1024, 1024, 80),
         ("cross-attn (16, 4096, 40) lk 77", 16, 4096, 77, 40),
+        ("vae attn (1, 4096, 512)", 1, 4096, 4096, 512),
     ]:
         q, k, v = rn(n, lq, d), rn(n, lk, d), rn(n, lk, d)
         yield name, lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v)
@@ -43,9 +45,13 @@ def cases():
         return h * F.gelu(gate)
 
     yield "geglu (2, 4096, 2560)", geglu
-    x, w, b = rn(2, 320, 64, 64), rn(320), rn(320)
-    yield "group norm 32 groups (2, 320, 64, 64)", lambda: F.group_norm(x, 32, w, b, 1e-5)
-    yield "group norm+silu 32 groups (2, 320, 64, 64)", lambda: F.silu(F.group_norm(x, 32, w, b, 1e-5))
+    for silu, dims in [(False, [2, 320, 64, 64]), (True, [2, 320, 64, 64]), (True, [1, 128, 512, 512])]:
+        x, w, b = rn(*dims), rn(dims[1]), rn(dims[1])
+        if silu:
+            f = lambda x=x, w=w, b=b: F.silu(F.group_norm(x, 32, w, b, 1e-5))  # noqa: E731
+        else:
+            f = lambda x=x, w=w, b=b: F.group_norm(x, 32, w, b, 1e-5)  # noqa: E731
+        yield f"group norm{'+silu' if silu else ''} 32 groups {dims}", f
 
 
 def main():

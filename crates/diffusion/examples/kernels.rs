@@ -4,11 +4,38 @@
 //! ```sh
 //! RAYON_NUM_THREADS=2 cargo run --release -p outpaint-diffusion --example kernels -- [FILTER] [RUNS]
 //! ```
+//!
+//! With `--serve`, reads case names on stdin and answers each with one timed run of our kernel
+//! (`seconds NAME`), for `benches/kernels_side_by_side.py` to interleave with PyTorch.
 
+use std::io::BufRead;
 use std::time::Instant;
+
+fn serve() -> Result<(), Box<dyn std::error::Error>> {
+    let cases = outpaint_diffusion::bench::kernel_cases("")?;
+    for line in std::io::stdin().lock().lines() {
+        let name = line?;
+        let name = name.trim();
+        if name.is_empty() || name == "quit" {
+            break;
+        }
+        match cases.iter().find(|c| c.name == name) {
+            Some(case) => {
+                let t0 = Instant::now();
+                std::hint::black_box((case.fast)()?);
+                println!("{:.6} {name}", t0.elapsed().as_secs_f64());
+            }
+            None => println!("unknown {name}"),
+        }
+    }
+    Ok(())
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--serve") {
+        return serve();
+    }
     let filter = args.first().map(String::as_str).unwrap_or("");
     let runs: usize = args.get(1).map(|r| r.parse()).transpose()?.unwrap_or(5);
     let skip_candle = std::env::var_os("SKIP_CANDLE").is_some();

@@ -147,12 +147,22 @@ pub fn kernel_cases(filter: &str) -> Result<Vec<KernelCase>> {
     let mut cases = Vec::new();
     let keep = |name: &str| name.contains(filter);
 
-    for (c, hw) in [(320, 64), (640, 32), (1280, 16), (1280, 8)] {
-        let name = format!("conv3x3 {c}->{c} {hw}x{hw} b2");
+    for (c, hw, n) in [
+        (320, 64, 2),
+        (640, 32, 2),
+        (1280, 16, 2),
+        (1280, 8, 2),
+        (128, 512, 1),
+        (512, 128, 1),
+    ] {
+        let name = format!(
+            "{}conv3x3 {c}->{c} {hw}x{hw} b{n}",
+            if n == 1 { "vae " } else { "" }
+        );
         if !keep(&name) {
             continue;
         }
-        let x = randn(&[2, c, hw, hw])?;
+        let x = randn(&[n, c, hw, hw])?;
         let w = (randn(&[c, c, 3, 3])? * 0.02)?;
         let b = randn(&[c])?;
         let conv = Conv2d::new(w.clone(), Some(b.clone()), 1, 1);
@@ -168,6 +178,7 @@ pub fn kernel_cases(filter: &str) -> Result<Vec<KernelCase>> {
         ("self-attn (16, 4096, 40)", 16, 4096, 4096, 40),
         ("self-attn (16, 1024, 80)", 16, 1024, 1024, 80),
         ("cross-attn (16, 4096, 40) lk 77", 16, 4096, 77, 40),
+        ("vae attn (1, 4096, 512)", 1, 4096, 4096, 512),
     ] {
         if !keep(name) {
             continue;
@@ -185,12 +196,10 @@ pub fn kernel_cases(filter: &str) -> Result<Vec<KernelCase>> {
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let (q3, k3, v3) = (bshd(&q)?, bshd(&k)?, bshd(&v)?);
-        cases.push(KernelCase {
-            name: name.to_string(),
-            fast: Box::new(move || Ok(kernels::attention(&q, &k, &v, scale)?)),
-            candle: Box::new(move || Ok(kernels::reference::attention(&q2, &k2, &v2, scale)?)),
-            others: vec![(
+        let mut others: Vec<(String, KernelFn)> = Vec::new();
+        if n % 2 == 0 {
+            let (q3, k3, v3) = (bshd(&q)?, bshd(&k)?, bshd(&v)?);
+            others.push((
                 "candle_nn flash_attn".to_string(),
                 Box::new(move || {
                     Ok(candle_nn::attention::flash_attn::<f32>(
@@ -203,7 +212,13 @@ pub fn kernel_cases(filter: &str) -> Result<Vec<KernelCase>> {
                         None,
                     )?)
                 }),
-            )],
+            ));
+        }
+        cases.push(KernelCase {
+            name: name.to_string(),
+            fast: Box::new(move || Ok(kernels::attention(&q, &k, &v, scale)?)),
+            candle: Box::new(move || Ok(kernels::reference::attention(&q2, &k2, &v2, scale)?)),
+            others,
         });
     }
     for (l, k, n) in [
@@ -241,16 +256,21 @@ pub fn kernel_cases(filter: &str) -> Result<Vec<KernelCase>> {
             others: Vec::new(),
         });
     }
-    for silu in [false, true] {
+    for (silu, dims) in [
+        (false, [2, 320, 64, 64]),
+        (true, [2, 320, 64, 64]),
+        (true, [1, 128, 512, 512]),
+    ] {
         let name = format!(
-            "group norm{} 32 groups (2, 320, 64, 64)",
+            "group norm{} 32 groups {dims:?}",
             if silu { "+silu" } else { "" }
         );
         if !keep(&name) {
             continue;
         }
-        let x = randn(&[2, 320, 64, 64])?;
-        let (w, b) = (randn(&[320])?, randn(&[320])?);
+        let c = dims[1];
+        let x = randn(&dims)?;
+        let (w, b) = (randn(&[c])?, randn(&[c])?);
         let gn = GroupNorm::new(w.clone(), b.clone(), 32, 1e-5)?;
         let x2 = x.clone();
         cases.push(KernelCase {

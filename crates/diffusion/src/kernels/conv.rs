@@ -104,30 +104,17 @@ pub(crate) fn conv2d_f32(
         return;
     }
     let threads = rayon::current_num_threads().max(1);
-    let min_tiles = if sh.direct() {
-        1
-    } else {
-        (k * pixels).div_ceil(tiling.col_budget.max(k))
-    };
     let enough = sh.n * pixels >= threads * tiling.min_pixels_per_task;
-    let tiles = if enough {
-        // At least one task per thread, and a multiple of the threads when that is cheap.
-        let mut t = min_tiles.max(threads.div_ceil(sh.n)).min(pixels);
-        while !(sh.n * t).is_multiple_of(threads)
-            && t < pixels
-            && t < 2 * min_tiles.max(1) + threads
-        {
-            t += 1;
-        }
-        t
-    } else {
-        min_tiles.min(pixels)
-    };
     if !enough && sh.n * pixels * k <= tiling.folded_budget {
         folded(x, weight, bias, out, sh, threads);
         return;
     }
-    let tile = pixels.div_ceil(tiles);
+    let budget = if sh.direct() {
+        usize::MAX
+    } else {
+        tiling.col_budget
+    };
+    let tile = pick_tile(pixels, sh.n, k, budget, if enough { threads } else { 1 });
     let tiles = pixels.div_ceil(tile);
     let out_ptr = SendPtr(out.as_mut_ptr());
     let task = |i: usize, par: Parallelism| {
@@ -170,6 +157,32 @@ pub(crate) fn conv2d_f32(
             .for_each(|i| task(i, Parallelism::None));
     } else {
         (0..sh.n * tiles).for_each(|i| task(i, Parallelism::Rayon(threads)));
+    }
+}
+
+/// Output pixels per tile: at most `budget / k` (the column buffer), a multiple of 64 (the
+/// GEMM's tile of rows, 4 × 16 lanes, as the pixels become its rows) where possible, and if
+/// possible such that the `n · tiles` tasks are a multiple of `threads`.
+fn pick_tile(pixels: usize, n: usize, k: usize, budget: usize, threads: usize) -> usize {
+    let align = if pixels >= 64 { 64 } else { 1 };
+    let cap = (budget / k.max(1)).min(pixels);
+    let max_t = (cap / align * align).max(align);
+    let tasks = |t: usize| n * pixels.div_ceil(t);
+    let mut t = max_t;
+    while t >= align && 2 * t >= max_t {
+        if tasks(t) >= threads && tasks(t).is_multiple_of(threads) {
+            return t;
+        }
+        t -= align;
+    }
+    if tasks(max_t) >= threads {
+        max_t
+    } else {
+        // Too few tasks: cut each image into enough tiles.
+        pixels
+            .div_ceil(threads.div_ceil(n))
+            .next_multiple_of(align)
+            .min(max_t)
     }
 }
 

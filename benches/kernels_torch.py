@@ -26,6 +26,9 @@ def cases():
         x, w, b = rn(n, c, hw, hw), rn(c, c, 3, 3) * 0.02, rn(c)
         vae = "vae " if n == 1 else ""
         yield f"{vae}conv3x3 {c}->{c} {hw}x{hw} b{n}", lambda x=x, w=w, b=b: F.conv2d(x, w, b, padding=1)
+    for c_in, c_out, hw in [(320, 320, 64), (640, 1280, 16)]:
+        x, w, b = rn(2, c_in, hw, hw), rn(c_out, c_in, 1, 1) * 0.02, rn(c_out)
+        yield f"conv1x1 {c_in}->{c_out} {hw}x{hw} b2", lambda x=x, w=w, b=b: F.conv2d(x, w, b)
     for name, n, lq, lk, d in [
         ("self-attn (16, 4096, 40)", 16, 4096, 4096, 40),
         ("self-attn (16, 1024, 80)", 16, 1024, 1024, 80),

@@ -5,8 +5,9 @@
 //! RAYON_NUM_THREADS=2 cargo run --release -p outpaint-diffusion --example kernels -- [FILTER] [RUNS]
 //! ```
 //!
-//! With `--serve`, reads case names on stdin and answers each with one timed run of our kernel
-//! (`seconds NAME`), for `benches/kernels_side_by_side.py` to interleave with PyTorch.
+//! With `--serve`, reads `REPEATS NAME` lines on stdin and answers each with the mean time of
+//! REPEATS back-to-back runs of our kernel after an untimed one (`seconds NAME`), for
+//! `benches/kernels_side_by_side.py` to interleave with PyTorch.
 
 use std::io::BufRead;
 use std::time::Instant;
@@ -14,16 +15,23 @@ use std::time::Instant;
 fn serve() -> Result<(), Box<dyn std::error::Error>> {
     let cases = outpaint_diffusion::bench::kernel_cases("")?;
     for line in std::io::stdin().lock().lines() {
-        let name = line?;
-        let name = name.trim();
-        if name.is_empty() || name == "quit" {
+        let line = line?;
+        // `REPEATS NAME`: one untimed call, then the mean of REPEATS back-to-back calls.
+        let Some((repeats, name)) = line.trim().split_once(' ') else {
             break;
-        }
+        };
+        let repeats: usize = repeats.parse()?;
         match cases.iter().find(|c| c.name == name) {
             Some(case) => {
-                let t0 = Instant::now();
                 std::hint::black_box((case.fast)()?);
-                println!("{:.6} {name}", t0.elapsed().as_secs_f64());
+                let t0 = Instant::now();
+                for _ in 0..repeats {
+                    std::hint::black_box((case.fast)()?);
+                }
+                println!(
+                    "{:.6} {name}",
+                    t0.elapsed().as_secs_f64() / repeats.max(1) as f64
+                );
             }
             None => println!("unknown {name}"),
         }

@@ -41,6 +41,8 @@ def cases():
                     (256, 1280, 1280), (256, 5120, 1280)]:
         x, w, b = rn(2, l, k), rn(n, k) * 0.02, rn(n)
         yield f"linear (2, {l}, {k})->{n}", lambda x=x, w=w, b=b: F.linear(x, w, b)
+    a, b = rn(2048, 2048), rn(2048, 2048)
+    yield "matmul 2048^3 (candle, gemm crate)", lambda: a @ b
     x = rn(2, 4096, 2 * 2560)
 
     def geglu(x=x):

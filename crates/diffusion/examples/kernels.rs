@@ -87,6 +87,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 line += &format!(" | {name} {med:.4} ({:.4}) ×{:.2}", t[0], med / ours);
             }
         }
+        if !skip_candle {
+            // Agreement with candle on the real shapes: max |ours - candle| / max(1, max |candle|).
+            let (a, b) = ((case.fast)()?, (case.candle)()?);
+            let diff = (&a - &b)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            let mag = b.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?.max(1.0);
+            line += &format!(" | diff {:.1e}", diff / mag);
+        }
         println!("{line}");
     }
     Ok(())

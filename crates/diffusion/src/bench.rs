@@ -262,6 +262,17 @@ pub fn kernel_cases(filter: &str) -> Result<Vec<KernelCase>> {
             others: Vec::new(),
         });
     }
+    let name = "matmul 2048^3 (candle, gemm crate)";
+    if keep(name) {
+        let (a, b) = (randn(&[2048, 2048])?, randn(&[2048, 2048])?);
+        let (a2, b2) = (a.clone(), b.clone());
+        cases.push(KernelCase {
+            name: name.to_string(),
+            fast: Box::new(move || Ok(a.matmul(&b)?)),
+            candle: Box::new(move || Ok(a2.matmul(&b2)?)),
+            others: Vec::new(),
+        });
+    }
     let name = "geglu (2, 4096, 2560)";
     if keep(name) {
         let x = randn(&[2, 4096, 2 * 2560])?;

@@ -1,9 +1,21 @@
 //! The hot operations of the UNet and the VAE, owned here so that the CPU path can be faster
 //! than candle's generic kernels.
 //!
-//! Each function has one contract and two paths: a fast path for contiguous f32 tensors on the
-//! CPU, and the plain candle composition (the reference, also used on CUDA and Metal, where
-//! candle's kernels are already good). The unit tests hold the fast path to the reference.
+//! Each function has one contract and two paths: a fast path for f32 tensors on the CPU (made
+//! contiguous first), and the plain candle composition (the reference, also used for other
+//! dtypes and on CUDA and Metal, where candle's kernels are already good). The unit tests hold
+//! the fast path to the reference.
+//!
+//! The fast paths, one file each, are candle custom ops (`cpu_fwd` only):
+//! - `conv`: tiled im2col + `gemm` straight into the NCHW output, bias fused;
+//! - `attention`: blocks of query rows (scores, softmax and `P·V` per block), never the whole
+//!   score matrix;
+//! - `linear`: `x·Wᵀ + b` with the bias fused, tiles in parallel;
+//! - `activation`: GEGLU with a vectorised erf;
+//! - `norm`: group norm with an optional fused SiLU.
+//!
+//! `simd` holds the vector layer they share: AVX-512F, AVX2+FMA or scalar, chosen at run time.
+//! Threads come from rayon's pool (`RAYON_NUM_THREADS`).
 
 use candle_core::{CpuStorage, D, DType, Layout, Module, Result, Tensor};
 use candle_nn::VarBuilder;

@@ -72,11 +72,14 @@ fn sum_by<S: Simd>(s: S, x: &[f32], f: impl Fn(S::V) -> S::V) -> f64 {
         while j < n {
             let k = (n - j).min(S::LANES);
             // Zero lanes past the end must add nothing: mask them after `f`.
-            let v = unsafe { s.load_n(block.as_ptr().add(j), k) };
-            let mut fv = [0f32; 16];
-            unsafe { s.store(fv.as_mut_ptr(), f(v)) };
-            fv[k..S::LANES].iter_mut().for_each(|v| *v = 0.0);
-            a0 = s.add(a0, unsafe { s.load(fv.as_ptr()) });
+            // SAFETY: `k` values remain in `block` from `j`; `fv` holds 16 ≥ LANES values.
+            let fv = unsafe {
+                let mut fv = [0f32; 16];
+                s.store(fv.as_mut_ptr(), f(s.load_n(block.as_ptr().add(j), k)));
+                fv[k..S::LANES].iter_mut().for_each(|v| *v = 0.0);
+                s.load(fv.as_ptr())
+            };
+            a0 = s.add(a0, fv);
             j += k;
         }
         total += s.reduce_sum(s.add(a0, a1)) as f64;

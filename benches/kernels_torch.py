@@ -26,6 +26,9 @@ def cases():
         x, w, b = rn(n, c, hw, hw), rn(c, c, 3, 3) * 0.02, rn(c)
         vae = "vae " if n == 1 else ""
         yield f"{vae}conv3x3 {c}->{c} {hw}x{hw} b{n}", lambda x=x, w=w, b=b: F.conv2d(x, w, b, padding=1)
+    for c_in, c_out in [(3, 128), (128, 3), (256, 128)]:
+        x, w, b = rn(1, c_in, 512, 512), rn(c_out, c_in, 3, 3) * 0.02, rn(c_out)
+        yield f"vae conv3x3 {c_in}->{c_out} 512x512 b1", lambda x=x, w=w, b=b: F.conv2d(x, w, b, padding=1)
     for c_in, c_out, hw in [(320, 320, 64), (640, 1280, 16)]:
         x, w, b = rn(2, c_in, hw, hw), rn(c_out, c_in, 1, 1) * 0.02, rn(c_out)
         yield f"conv1x1 {c_in}->{c_out} {hw}x{hw} b2", lambda x=x, w=w, b=b: F.conv2d(x, w, b)

@@ -174,6 +174,23 @@ pub fn kernel_cases(filter: &str) -> Result<Vec<KernelCase>> {
             others: Vec::new(),
         });
     }
+    for (c_in, c_out) in [(3, 128), (128, 3), (256, 128)] {
+        let name = format!("vae conv3x3 {c_in}->{c_out} 512x512 b1");
+        if !keep(&name) {
+            continue;
+        }
+        let x = randn(&[1, c_in, 512, 512])?;
+        let w = (randn(&[c_out, c_in, 3, 3])? * 0.02)?;
+        let b = randn(&[c_out])?;
+        let conv = Conv2d::new(w.clone(), Some(b.clone()), 1, 1);
+        let x2 = x.clone();
+        cases.push(KernelCase {
+            name,
+            fast: Box::new(move || Ok(conv.forward(&x)?)),
+            candle: Box::new(move || Ok(kernels::reference::conv2d(&x2, &w, Some(&b), 1, 1)?)),
+            others: Vec::new(),
+        });
+    }
     for (c_in, c_out, hw) in [(320, 320, 64), (640, 1280, 16)] {
         let name = format!("conv1x1 {c_in}->{c_out} {hw}x{hw} b2");
         if !keep(&name) {

@@ -5,7 +5,8 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::clip::ClipTextModel;
 use crate::manifest::Architecture;
-use crate::pipeline::{build_unet, build_vae};
+use crate::unet::UNet;
+use crate::vae::Vae;
 use crate::weights::random_var_builder_counted;
 use crate::{DiffusionError, Result};
 
@@ -66,16 +67,16 @@ impl Runner {
             Component::Unet => {
                 let config = arch.unet_config()?;
                 let ctx_dim = arch.text_config()?.hidden_size;
-                let unet = build_unet(vb, &config)?;
+                let unet = UNet::new(vb, &config)?;
                 let x = Tensor::randn(0f32, 1.0, (2, config.in_channels, latent, latent), &dev)?;
                 let ctx = Tensor::randn(0f32, 1.0, (2, 77, ctx_dim), &dev)?;
-                Box::new(move || Ok(unet.forward(&x, 500.0, &ctx)?))
+                Box::new(move || Ok(unet.forward(&x, 500.0, &ctx, None)?))
             }
             Component::VaeEnc | Component::VaeDec => {
-                let vae = build_vae(vb, &arch.vae_config()?)?;
+                let vae = Vae::new(vb, &arch.vae_config()?)?;
                 if component == Component::VaeEnc {
                     let x = Tensor::randn(0f32, 1.0, (1, 3, resolution, resolution), &dev)?;
-                    Box::new(move || Ok(vae.encode(&x)?.sample()?))
+                    Box::new(move || Ok(vae.encode_mean(&x)?))
                 } else {
                     let z = Tensor::randn(0f32, 1.0, (1, 4, latent, latent), &dev)?;
                     Box::new(move || Ok(vae.decode(&z)?))

@@ -261,7 +261,7 @@ mod tests {
             assert!(m.files.iter().any(|f| f.starts_with("unet/")), "{}", m.name);
             assert!(m.defaults.steps > 0);
             if m.architecture.is_supported() {
-                m.architecture.unet_config().unwrap().to_candle().unwrap();
+                m.architecture.unet_config().unwrap().levels().unwrap();
             }
         }
     }

@@ -6,15 +6,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::stable_diffusion::{
-    unet_2d::UNet2DConditionModel, vae::AutoEncoderKL,
-};
 
 use crate::clip::{ClipTextConfig, ClipTextModel};
 use crate::config::{UNetConfig, VaeConfig, read_json};
 use crate::random::NoiseRng;
 use crate::scheduler::{SchedulerConfig, SchedulerKind};
 use crate::tokenizer::ClipTokenizer;
+use crate::unet::UNet;
+use crate::vae::Vae;
 use crate::weights::{component_weights, mmap_var_builder};
 use crate::{DiffusionError, Result};
 
@@ -25,9 +24,9 @@ pub struct InpaintModel {
     tokenizer: Option<ClipTokenizer>,
     text_config: ClipTextConfig,
     text_encoder: ClipTextModel,
-    vae: AutoEncoderKL,
+    vae: Vae,
     vae_config: VaeConfig,
-    unet: UNet2DConditionModel,
+    unet: UNet,
     unet_config: UNetConfig,
     scheduler_config: SchedulerConfig,
     device: Device,
@@ -94,11 +93,8 @@ impl InpaintModel {
             mmap_var_builder(&component_weights(&dir.join(c))?, dtype, device)
         };
         let text_encoder = ClipTextModel::new(vb("text_encoder")?, &text_config)?;
-        let vae = build_vae(
-            crate::weights::mode_only_vae(vb("vae")?, &vae_config, dtype, device),
-            &vae_config,
-        )?;
-        let unet = build_unet(vb("unet")?, &unet_config)?;
+        let vae = Vae::new(vb("vae")?, &vae_config)?;
+        let unet = UNet::new(vb("unet")?, &unet_config)?;
         Ok(InpaintModel {
             tokenizer: Some(tokenizer),
             text_config,
@@ -128,9 +124,9 @@ impl InpaintModel {
             tokenizer: None,
             text_encoder: ClipTextModel::new(vb(), &text_config)?,
             text_config,
-            vae: build_vae(vb(), &vae_config)?,
+            vae: Vae::new(vb(), &vae_config)?,
             vae_config,
-            unet: build_unet(vb(), &unet_config)?,
+            unet: UNet::new(vb(), &unet_config)?,
             unet_config,
             scheduler_config: SchedulerConfig::default(),
             device: device.clone(),
@@ -302,7 +298,10 @@ impl InpaintModel {
             };
             let x = scheduler.scale_model_input(x, i)?.to_dtype(self.dtype)?;
             let x = Tensor::cat(&[&x, &mask_latent, &masked_latents], 1)?; // shape: [batch, 9, lh, lw]
-            let noise_pred = self.unet.forward(&x, t, &context)?.to_dtype(DType::F32)?;
+            let noise_pred = self
+                .unet
+                .forward(&x, t, &context, None)?
+                .to_dtype(DType::F32)?;
             let noise_pred = if cfg {
                 let parts = noise_pred.chunk(2, 0)?;
                 let (uncond, text) = (&parts[0], &parts[1]);
@@ -329,8 +328,8 @@ impl InpaintModel {
         // 5. Decode.
         let _decode = tracing::debug_span!("vae_decode").entered();
         let latents = (latents / scaling)?.to_dtype(self.dtype)?;
-        // One image at a time: candle's VAE decoder mixes up the items of a batch (its
-        // attention block), and decoding is the memory peak anyway.
+        // One image at a time: decoding is the memory peak (the 512² VAE decoder holds
+        // 128×512×512 activations per image).
         let images = (0..n)
             .map(|i| {
                 if cancel.load(Ordering::Relaxed) {
@@ -346,33 +345,13 @@ impl InpaintModel {
         Ok(((images / 2.0)? + 0.5)?.clamp(0f32, 1f32)?)
     }
 
-    /// The VAE posterior's mode (its mean) for an image in [-1, 1]: the encoder is loaded
-    /// with a zero log-variance path (see [`crate::weights::mode_only_vae`]), so candle's
-    /// `sample()` returns the mean exactly.
+    /// The VAE posterior's mode (its mean, as diffusers' `latent_dist.mode()`) for an image
+    /// in [-1, 1].
     fn encode_mode(&self, image: &Tensor) -> Result<Tensor> {
         let _span = tracing::debug_span!("vae_encode").entered();
-        let dist = self.vae.encode(&image.to_dtype(self.dtype)?)?;
-        Ok(dist.sample()?.to_dtype(DType::F32)?)
+        Ok(self
+            .vae
+            .encode_mean(&image.to_dtype(self.dtype)?)?
+            .to_dtype(DType::F32)?)
     }
-}
-
-/// Builds candle's VAE from a config.
-pub fn build_vae(vb: VarBuilder, config: &VaeConfig) -> Result<AutoEncoderKL> {
-    Ok(AutoEncoderKL::new(
-        vb,
-        config.in_channels,
-        config.out_channels,
-        config.to_candle(),
-    )?)
-}
-
-/// Builds candle's UNet from a config.
-pub fn build_unet(vb: VarBuilder, config: &UNetConfig) -> Result<UNet2DConditionModel> {
-    Ok(UNet2DConditionModel::new(
-        vb,
-        config.in_channels,
-        config.out_channels,
-        false,
-        config.to_candle()?,
-    )?)
 }

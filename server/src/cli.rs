@@ -101,6 +101,11 @@ pub struct BenchArgs {
     /// Denoising steps of the `pipeline` component.
     #[arg(long, default_value_t = 2)]
     pub steps: u32,
+    /// Keep the component loaded and run it once per `run` (or `warmup`) line on stdin, until
+    /// `quit`: the protocol of torch_reference.py's `serve`, for alternating side-by-side runs
+    /// (benches/side_by_side.py).
+    #[arg(long)]
+    pub serve: bool,
 }
 
 /// Flags of `outpaint expand`.

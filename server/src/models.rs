@@ -193,26 +193,38 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         json!({"event": "ready", "fw": "candle", "component": args.component, "model": manifest.name,
                "threads": threads, "params": params, "build_s": round(started.elapsed().as_secs_f64())})
     );
-    for _ in 0..args.warmup {
-        let t = Instant::now();
-        run()?;
-        println!(
-            "{}",
-            json!({"event": "warmup", "seconds": round(t.elapsed().as_secs_f64())})
-        );
-    }
-    let mut times = Vec::new();
-    for _ in 0..args.runs {
+    // One timed run, printed as torch_reference.py prints it.
+    let timed = |event: &str| -> Result<f64> {
         let t = Instant::now();
         let (mean_abs, shape) = run()?;
         let dt = t.elapsed().as_secs_f64();
-        times.push(dt);
         println!(
             "{}",
-            json!({"event": "run", "fw": "candle", "component": args.component, "seconds": round(dt),
+            json!({"event": event, "fw": "candle", "component": args.component, "seconds": round(dt),
                    "out_mean_abs": mean_abs, "out_shape": shape})
         );
+        Ok(dt)
+    };
+    if args.serve {
+        // The side-by-side driver alternates runs of both frameworks, each process keeping
+        // its model loaded: one `run` or `warmup` per line, `quit` or end of input to stop.
+        for line in std::io::stdin().lines() {
+            match line?.trim() {
+                cmd @ ("run" | "warmup") => {
+                    timed(cmd)?;
+                }
+                "quit" | "" => break,
+                other => bail!("unknown command {other:?} (run, warmup, quit)"),
+            }
+        }
+        return Ok(());
     }
+    for _ in 0..args.warmup {
+        timed("warmup")?;
+    }
+    let mut times = (0..args.runs)
+        .map(|_| timed("run"))
+        .collect::<Result<Vec<_>>>()?;
     if !times.is_empty() {
         times.sort_by(f64::total_cmp);
         println!(

@@ -135,23 +135,15 @@ pub fn run(command: &ModelsCommand) -> Result<()> {
 /// Runs `outpaint bench COMPONENT`: JSON lines as shared/perf/torch_reference.py prints them.
 pub fn bench(args: &BenchArgs) -> Result<()> {
     let manifest = Manifest::find(&args.model)?;
-    let (device, _) = default_device();
+    let (device, dtype) = default_device();
     let threads = std::env::var("RAYON_NUM_THREADS").ok();
     let started = Instant::now();
     let mut params = None;
     let run: Box<dyn Fn() -> Result<(f32, Vec<usize>)>> = if args.component == "pipeline" {
         let model = if args.random_weights {
-            InpaintModel::random(
-                manifest.architecture,
-                &device,
-                outpaint_diffusion::DType::F32,
-            )?
+            InpaintModel::random(manifest.architecture, &device, dtype)?
         } else {
-            InpaintModel::load(
-                &ModelStore::from_env().locate(&manifest)?,
-                &device,
-                outpaint_diffusion::DType::F32,
-            )?
+            InpaintModel::load(&ModelStore::from_env().locate(&manifest)?, &device, dtype)?
         };
         let r = manifest.resolution as usize;
         let image = Tensor::full(0.5f32, (1, 3, r, r), &Device::Cpu)?;

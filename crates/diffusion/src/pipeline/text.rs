@@ -332,3 +332,35 @@ impl TextConditioner {
         Ok(Conditioning { context, added })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Architecture;
+    use crate::weights::shape_only_var_builder_counted;
+
+    /// The published configs fit together: the encoders' widths are what the UNet reads, and
+    /// SDXL's ids and pooled embedding fill its added embedding (built without memory).
+    #[test]
+    fn published_text_encoders_fit_their_unets() {
+        for arch in [Architecture::Sd15, Architecture::Sd2, Architecture::Sdxl] {
+            let vb = || shape_only_var_builder_counted(DType::F32, &Device::Cpu).0;
+            let text =
+                TextConditioner::random(arch.text_config().unwrap(), arch.text_config_2(), &vb)
+                    .unwrap();
+            text.check(&arch.unet_config().unwrap()).unwrap();
+            assert_eq!(text.sdxl.is_some(), arch == Architecture::Sdxl);
+        }
+        // A refiner-style option without the matching UNet is refused.
+        let vb = || shape_only_var_builder_counted(DType::F32, &Device::Cpu).0;
+        let arch = Architecture::Sdxl;
+        let mut text =
+            TextConditioner::random(arch.text_config().unwrap(), arch.text_config_2(), &vb)
+                .unwrap();
+        if let Some(second) = &mut text.sdxl {
+            second.options.requires_aesthetics_score = true;
+        }
+        let e = text.check(&arch.unet_config().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("requires_aesthetics_score"), "{e}");
+    }
+}

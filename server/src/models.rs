@@ -48,12 +48,6 @@ pub fn register_model(
     let (name, dir, mut settings) = match (model, model_dir) {
         (Some(name), _) => {
             let manifest = Manifest::find(name)?;
-            if !manifest.architecture.is_supported() {
-                bail!(
-                    "model {name}: the {:?} architecture is not supported yet",
-                    manifest.architecture
-                );
-            }
             let dir = ModelStore::from_env().locate(&manifest)?;
             let mut settings = DiffusionSettings::from_manifest(&manifest);
             // The weights' own native size wins (it equals the manifest's for real models).
@@ -63,7 +57,13 @@ pub fn register_model(
             (name.to_string(), dir, settings)
         }
         (None, Some(dir)) => {
-            let manifest = Manifest::find("sd15-inpaint")?;
+            // A folder's defaults are those of its architecture's built-in model.
+            let base = if dir.join("text_encoder_2/config.json").is_file() {
+                "sdxl-inpaint"
+            } else {
+                "sd15-inpaint"
+            };
+            let manifest = Manifest::find(base)?;
             let mut settings = DiffusionSettings::from_manifest(&manifest);
             // A folder's native resolution is its UNet's sample size times the VAE's factor.
             if let Some(resolution) = folder_resolution(dir) {
@@ -134,7 +134,13 @@ pub fn run(command: &ModelsCommand) -> Result<()> {
 
 /// Runs `outpaint bench COMPONENT`: JSON lines as shared/perf/torch_reference.py prints them.
 pub fn bench(args: &BenchArgs) -> Result<()> {
-    let manifest = Manifest::find(&args.model)?;
+    // torch_reference.py's `sdxl_unet` is the SDXL inpainting UNet.
+    let model = if args.component == "sdxl_unet" {
+        "sdxl-inpaint"
+    } else {
+        args.model.as_str()
+    };
+    let manifest = Manifest::find(model)?;
     let (device, dtype) = default_device();
     let threads = std::env::var("RAYON_NUM_THREADS").ok();
     let started = Instant::now();

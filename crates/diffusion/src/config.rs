@@ -157,6 +157,51 @@ impl UNetConfig {
         }
     }
 
+    /// The SDXL 1.0 inpainting UNet, from
+    /// <https://huggingface.co/diffusers/stable-diffusion-xl-1.0-inpainting-0.1/blob/main/unet/config.json>.
+    pub fn sdxl_inpaint() -> Self {
+        UNetConfig {
+            in_channels: 9,
+            out_channels: 4,
+            block_out_channels: vec![320, 640, 1280],
+            down_block_types: [
+                "DownBlock2D",
+                "CrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+            layers_per_block: 2,
+            attention_head_dim: PerBlock::Each(vec![5, 10, 20]),
+            num_attention_heads: None,
+            cross_attention_dim: PerBlock::All(2048),
+            transformer_layers_per_block: PerBlock::Each(vec![1, 2, 10]),
+            use_linear_projection: true,
+            norm_num_groups: 32,
+            norm_eps: 1e-5,
+            flip_sin_to_cos: true,
+            freq_shift: 0.0,
+            downsample_padding: 1,
+            mid_block_scale_factor: 1.0,
+            center_input_sample: false,
+            addition_embed_type: Some("text_time".into()),
+            addition_time_embed_dim: Some(256),
+            projection_class_embeddings_input_dim: Some(2816),
+        }
+    }
+
+    /// Transformer blocks of the mid block: the last `transformer_layers_per_block` value, as
+    /// diffusers takes it.
+    pub fn mid_transformer_depth(&self) -> Result<usize> {
+        let n = self.block_out_channels.len();
+        self.transformer_layers_per_block
+            .get(n.saturating_sub(1))
+            .ok_or_else(|| {
+                DiffusionError::config("unet config", "too few transformer_layers_per_block values")
+            })
+    }
+
     /// The heads of the attention blocks of level `i`.
     fn heads(&self, i: usize) -> Option<usize> {
         match &self.num_attention_heads {
@@ -252,6 +297,10 @@ pub struct VaeConfig {
     /// Whether the decoder starts with a 1×1 conv.
     #[serde(default = "yes")]
     pub use_post_quant_conv: bool,
+    /// Run in f32 when the model is f16 (the SDXL VAE overflows in f16); honoured by the SDXL
+    /// pipeline only, as diffusers does.
+    #[serde(default)]
+    pub force_upcast: bool,
 }
 
 fn three() -> usize {
@@ -275,6 +324,17 @@ impl VaeConfig {
             scaling_factor: 0.18215,
             use_quant_conv: true,
             use_post_quant_conv: true,
+            force_upcast: false,
+        }
+    }
+
+    /// The SDXL VAE (the SD one retrained, another latent scale), from
+    /// <https://huggingface.co/diffusers/stable-diffusion-xl-1.0-inpainting-0.1/blob/main/vae/config.json>.
+    pub fn sdxl() -> Self {
+        VaeConfig {
+            scaling_factor: 0.13025,
+            force_upcast: true,
+            ..Self::sd()
         }
     }
 

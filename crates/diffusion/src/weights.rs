@@ -35,11 +35,13 @@ pub fn mmap_var_builder(path: &Path, dtype: DType, device: &Device) -> Result<Va
 }
 
 /// Plain tensors (not candle `Var`s, which keep an autograd graph alive) made up on request
-/// with the shape each layer asks for: constants where the layer's initialiser is a constant
-/// (norm weights and biases), small normal values otherwise. Speed does not depend on the
+/// with the shape each layer asks for: ones for norm scales, the hinted constant for other
+/// vectors (biases), small normal values otherwise. Speed does not depend on the
 /// values, so this sizes hardware without a download.
 #[derive(Debug, Default)]
 struct RandomWeights {
+    /// Hand out one zero broadcast to the shape instead (no memory): for counting only.
+    shape_only: bool,
     count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Names handed out: a layer may ask twice for one tensor (candle's VAE attention probes).
     seen: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -63,8 +65,15 @@ impl SimpleBackend for RandomWeights {
             self.count
                 .fetch_add(s.elem_count(), std::sync::atomic::Ordering::Relaxed);
         }
+        if self.shape_only {
+            return Tensor::zeros((), dtype, dev)?.broadcast_as(s);
+        }
+        // `VarBuilder::get` (the kernels' convs and group norms) hints a zero constant
+        // whatever the tensor: vectors named `weight` are norm scales (ones), other vectors
+        // take the hint, matrices and kernels are random.
         match h {
-            Init::Const(v) => Tensor::full(v as f32, s, dev)?.to_dtype(dtype),
+            _ if s.rank() == 1 && name.ends_with("weight") => Tensor::ones(s, dtype, dev),
+            Init::Const(v) if s.rank() < 2 => Tensor::full(v as f32, s, dev)?.to_dtype(dtype),
             _ => Tensor::randn(0f32, 0.02, s, dev)?.to_dtype(dtype),
         }
     }
@@ -97,6 +106,26 @@ pub fn random_var_builder_counted(
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let backend = RandomWeights::default();
+    let count = backend.count.clone();
+    (
+        VarBuilder::from_backend(Box::new(backend), dtype, device.clone()),
+        count,
+    )
+}
+
+/// A VarBuilder whose tensors are one zero broadcast to each requested shape: builds a model
+/// of any size without memory, to count its parameters (it cannot run).
+pub fn shape_only_var_builder_counted(
+    dtype: DType,
+    device: &Device,
+) -> (
+    VarBuilder<'static>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let backend = RandomWeights {
+        shape_only: true,
+        ..RandomWeights::default()
+    };
     let count = backend.count.clone();
     (
         VarBuilder::from_backend(Box::new(backend), dtype, device.clone()),

@@ -151,7 +151,7 @@ impl UNet {
         let last = &levels[n - 1];
         let mid_transformer = TransformerConfig {
             heads: last.heads,
-            depth: last.transformer_depth.unwrap_or(1),
+            depth: config.mid_transformer_depth()?,
             context_dim: last.cross_attention_dim,
             groups: config.norm_num_groups,
             linear_projection: config.use_linear_projection,

@@ -64,6 +64,8 @@ pub enum Command {
     /// shared/perf/torch_reference.py, printing the same JSON lines.
     ///
     /// Example: outpaint bench unet --model sd15-inpaint --random-weights --warmup 1 --runs 3
+    ///
+    /// Example: outpaint bench unet --model sdxl-inpaint --random-weights
     Bench(BenchArgs),
 }
 
@@ -83,7 +85,8 @@ pub enum ModelsCommand {
 /// Flags of `outpaint bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// unet, vae_enc, vae_dec, clip, or pipeline (a whole 512² expansion).
+    /// unet, vae_enc, vae_dec, clip, or pipeline (a whole expansion at the model's native
+    /// size); sdxl_unet is unet with --model sdxl-inpaint (torch_reference.py's name).
     pub component: String,
     /// The model whose architecture is timed.
     #[arg(long, value_name = "NAME", default_value = "sd15-inpaint")]
@@ -101,6 +104,11 @@ pub struct BenchArgs {
     /// Denoising steps of the `pipeline` component.
     #[arg(long, default_value_t = 2)]
     pub steps: u32,
+    /// Keep the component loaded and run it once per `run` (or `warmup`) line on stdin, until
+    /// `quit`: the protocol of torch_reference.py's `serve`, for alternating side-by-side runs
+    /// (benches/side_by_side.py).
+    #[arg(long)]
+    pub serve: bool,
 }
 
 /// Flags of `outpaint expand`.

@@ -48,12 +48,6 @@ pub fn register_model(
     let (name, dir, mut settings) = match (model, model_dir) {
         (Some(name), _) => {
             let manifest = Manifest::find(name)?;
-            if !manifest.architecture.is_supported() {
-                bail!(
-                    "model {name}: the {:?} architecture is not supported yet",
-                    manifest.architecture
-                );
-            }
             let dir = ModelStore::from_env().locate(&manifest)?;
             let mut settings = DiffusionSettings::from_manifest(&manifest);
             // The weights' own native size wins (it equals the manifest's for real models).
@@ -63,7 +57,13 @@ pub fn register_model(
             (name.to_string(), dir, settings)
         }
         (None, Some(dir)) => {
-            let manifest = Manifest::find("sd15-inpaint")?;
+            // A folder's defaults are those of its architecture's built-in model.
+            let base = if dir.join("text_encoder_2/config.json").is_file() {
+                "sdxl-inpaint"
+            } else {
+                "sd15-inpaint"
+            };
+            let manifest = Manifest::find(base)?;
             let mut settings = DiffusionSettings::from_manifest(&manifest);
             // A folder's native resolution is its UNet's sample size times the VAE's factor.
             if let Some(resolution) = folder_resolution(dir) {
@@ -134,24 +134,22 @@ pub fn run(command: &ModelsCommand) -> Result<()> {
 
 /// Runs `outpaint bench COMPONENT`: JSON lines as shared/perf/torch_reference.py prints them.
 pub fn bench(args: &BenchArgs) -> Result<()> {
-    let manifest = Manifest::find(&args.model)?;
-    let (device, _) = default_device();
+    // torch_reference.py's `sdxl_unet` is the SDXL inpainting UNet.
+    let model = if args.component == "sdxl_unet" {
+        "sdxl-inpaint"
+    } else {
+        args.model.as_str()
+    };
+    let manifest = Manifest::find(model)?;
+    let (device, dtype) = default_device();
     let threads = std::env::var("RAYON_NUM_THREADS").ok();
     let started = Instant::now();
     let mut params = None;
     let run: Box<dyn Fn() -> Result<(f32, Vec<usize>)>> = if args.component == "pipeline" {
         let model = if args.random_weights {
-            InpaintModel::random(
-                manifest.architecture,
-                &device,
-                outpaint_diffusion::DType::F32,
-            )?
+            InpaintModel::random(manifest.architecture, &device, dtype)?
         } else {
-            InpaintModel::load(
-                &ModelStore::from_env().locate(&manifest)?,
-                &device,
-                outpaint_diffusion::DType::F32,
-            )?
+            InpaintModel::load(&ModelStore::from_env().locate(&manifest)?, &device, dtype)?
         };
         let r = manifest.resolution as usize;
         let image = Tensor::full(0.5f32, (1, 3, r, r), &Device::Cpu)?;
@@ -193,26 +191,38 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         json!({"event": "ready", "fw": "candle", "component": args.component, "model": manifest.name,
                "threads": threads, "params": params, "build_s": round(started.elapsed().as_secs_f64())})
     );
-    for _ in 0..args.warmup {
-        let t = Instant::now();
-        run()?;
-        println!(
-            "{}",
-            json!({"event": "warmup", "seconds": round(t.elapsed().as_secs_f64())})
-        );
-    }
-    let mut times = Vec::new();
-    for _ in 0..args.runs {
+    // One timed run, printed as torch_reference.py prints it.
+    let timed = |event: &str| -> Result<f64> {
         let t = Instant::now();
         let (mean_abs, shape) = run()?;
         let dt = t.elapsed().as_secs_f64();
-        times.push(dt);
         println!(
             "{}",
-            json!({"event": "run", "fw": "candle", "component": args.component, "seconds": round(dt),
+            json!({"event": event, "fw": "candle", "component": args.component, "seconds": round(dt),
                    "out_mean_abs": mean_abs, "out_shape": shape})
         );
+        Ok(dt)
+    };
+    if args.serve {
+        // The side-by-side driver alternates runs of both frameworks, each process keeping
+        // its model loaded: one `run` or `warmup` per line, `quit` or end of input to stop.
+        for line in std::io::stdin().lines() {
+            match line?.trim() {
+                cmd @ ("run" | "warmup") => {
+                    timed(cmd)?;
+                }
+                "quit" | "" => break,
+                other => bail!("unknown command {other:?} (run, warmup, quit)"),
+            }
+        }
+        return Ok(());
     }
+    for _ in 0..args.warmup {
+        timed("warmup")?;
+    }
+    let mut times = (0..args.runs)
+        .map(|_| timed("run"))
+        .collect::<Result<Vec<_>>>()?;
     if !times.is_empty() {
         times.sort_by(f64::total_cmp);
         println!(

@@ -895,6 +895,74 @@ mod models {
         );
     }
 
+    /// `sdxl-inpaint` "installed" from the tiny SDXL-style fixture: every file the manifest
+    /// names, the fp16 weights from the fixture's (f16) ones.
+    fn fake_sdxl_hf_home(root: &Path) -> PathBuf {
+        let home = root.join("hf");
+        let repo = home.join("hub/models--diffusers--stable-diffusion-xl-1.0-inpainting-0.1");
+        let commit = "89abcdef0123456789abcdef0123456789abcdef";
+        fs::create_dir_all(repo.join("refs")).unwrap();
+        fs::write(repo.join("refs/main"), commit).unwrap();
+        let snapshot = repo.join("snapshots").join(commit);
+        let tiny = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../crates/diffusion/tests/fixtures/tiny-sdxl-inpaint");
+        let manifest = fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/sdxl-inpaint.toml"),
+        )
+        .unwrap();
+        let files: Vec<&str> = manifest
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with('"') && l.ends_with("\","))
+            .map(|l| l.trim_end_matches(',').trim_matches('"'))
+            .collect();
+        assert!(
+            files.contains(&"text_encoder_2/model.fp16.safetensors"),
+            "{files:?}"
+        );
+        for to in files {
+            let from = to
+                .replace(".fp16.", ".")
+                .replace("special_tokens_map.json", "tokenizer_config.json");
+            let dest = snapshot.join(to);
+            fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            fs::copy(tiny.join(&from), dest).unwrap();
+        }
+        home
+    }
+
+    #[test]
+    fn an_installed_sdxl_model_expands() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = fake_sdxl_hf_home(dir.path());
+        write_png(&dir.path().join("in.png"), textured(300, 300));
+        let out = Command::new(env!("CARGO_BIN_EXE_outpaint"))
+            .current_dir(dir.path())
+            .env("HF_HOME", &home)
+            .env("HF_HUB_OFFLINE", "1")
+            .args([
+                "expand",
+                "in.png",
+                "-d",
+                "right",
+                "--model",
+                "sdxl-inpaint",
+                "--prompt",
+                "a red house",
+                "--steps",
+                "2",
+                "-o",
+                "out.png",
+            ])
+            .output()
+            .unwrap();
+        assert_success(&out);
+        assert_eq!(
+            decode(&dir.path().join("out.png")).to_rgb8().dimensions(),
+            (450, 300)
+        );
+    }
+
     #[test]
     fn a_model_that_is_not_installed_names_the_pull_command() {
         let dir = tempfile::tempdir().unwrap();

@@ -3,16 +3,22 @@
 
 use candle_core::{DType, Device, Tensor};
 
+use candle_nn::VarBuilder;
+
 use crate::clip::ClipTextModel;
+use crate::config::UNetConfig;
 use crate::manifest::Architecture;
-use crate::pipeline::{build_unet, build_vae};
-use crate::weights::random_var_builder_counted;
+use crate::unet::{AddedConditions, UNet};
+use crate::vae::Vae;
+use crate::weights::{random_var_builder_counted, shape_only_var_builder_counted};
 use crate::{DiffusionError, Result};
 
 /// What to time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Component {
-    /// One UNet forward: latent `[2, 9, 64, 64]`, context `[2, 77, D]`, t = 500.
+    /// One UNet forward: latent `[2, 9, r/8, r/8]`, context `[2, 77, D]`, t = 500, and for
+    /// SDXL random pooled text embeddings `[2, 1280]` and the ids of an r×r image
+    /// (torch_reference.py's `sdxl_unet` at r = 1024).
     Unet,
     /// VAE encode of `[1, 3, 512, 512]`.
     VaeEnc,
@@ -31,6 +37,8 @@ impl std::str::FromStr for Component {
             "vae_enc" => Ok(Component::VaeEnc),
             "vae_dec" => Ok(Component::VaeDec),
             "clip" => Ok(Component::Clip),
+            // torch_reference.py's name (with --model sdxl-inpaint).
+            "sdxl_unet" => Ok(Component::Unet),
             other => Err(DiffusionError::Input(format!(
                 "unknown component {other:?} (unet, vae_enc, vae_dec, clip)"
             ))),
@@ -63,19 +71,12 @@ impl Runner {
         let latent = resolution / 8;
         let dev = device.clone();
         let run: Box<dyn Fn() -> Result<Tensor>> = match component {
-            Component::Unet => {
-                let config = arch.unet_config()?;
-                let ctx_dim = arch.text_config()?.hidden_size;
-                let unet = build_unet(vb, &config)?;
-                let x = Tensor::randn(0f32, 1.0, (2, config.in_channels, latent, latent), &dev)?;
-                let ctx = Tensor::randn(0f32, 1.0, (2, 77, ctx_dim), &dev)?;
-                Box::new(move || Ok(unet.forward(&x, 500.0, &ctx)?))
-            }
+            Component::Unet => unet_runner(vb, &arch.unet_config()?, latent, &dev)?,
             Component::VaeEnc | Component::VaeDec => {
-                let vae = build_vae(vb, &arch.vae_config()?)?;
+                let vae = Vae::new(vb, &arch.vae_config()?)?;
                 if component == Component::VaeEnc {
                     let x = Tensor::randn(0f32, 1.0, (1, 3, resolution, resolution), &dev)?;
-                    Box::new(move || Ok(vae.encode(&x)?.sample()?))
+                    Box::new(move || Ok(vae.encode_mean(&x)?))
                 } else {
                     let z = Tensor::randn(0f32, 1.0, (1, 4, latent, latent), &dev)?;
                     Box::new(move || Ok(vae.decode(&z)?))
@@ -91,6 +92,15 @@ impl Runner {
                 Box::new(move || model.forward(&ids))
             }
         };
+        let params = count.load(std::sync::atomic::Ordering::Relaxed);
+        Ok(Runner { run, params })
+    }
+
+    /// A UNet of any config (tiny ones in tests) on a `latent`² input, as
+    /// [`Component::Unet`].
+    pub fn unet(config: &UNetConfig, latent: usize, device: &Device) -> Result<Self> {
+        let (vb, count) = random_var_builder_counted(DType::F32, device);
+        let run = unet_runner(vb, config, latent, device)?;
         let params = count.load(std::sync::atomic::Ordering::Relaxed);
         Ok(Runner { run, params })
     }
@@ -111,6 +121,43 @@ impl Runner {
             .to_scalar::<f32>()?;
         Ok((mean, y.dims().to_vec()))
     }
+}
+
+fn unet_runner(
+    vb: VarBuilder<'static>,
+    config: &UNetConfig,
+    latent: usize,
+    dev: &Device,
+) -> Result<Box<dyn Fn() -> Result<Tensor>>> {
+    let ctx_dim = config.levels()?[0].cross_attention_dim;
+    let unet = UNet::new(vb, config)?;
+    let x = Tensor::randn(0f32, 1.0, (2, config.in_channels, latent, latent), dev)?;
+    let ctx = Tensor::randn(0f32, 1.0, (2, 77, ctx_dim), dev)?;
+    let added = match config.addition_embed_type.as_deref() {
+        Some("text_time") => {
+            let (time_dim, input_dim) = config.text_time_dims()?;
+            let pooled = input_dim.checked_sub(6 * time_dim).ok_or_else(|| {
+                DiffusionError::Input("projection_class_embeddings_input_dim too small".into())
+            })?;
+            let side = (latent * 8) as f32;
+            let ids = [side, side, 0.0, 0.0, side, side];
+            Some(AddedConditions {
+                text_embeds: Tensor::randn(0f32, 1.0, (2, pooled), dev)?,
+                time_ids: Tensor::new(&[ids, ids], dev)?,
+            })
+        }
+        _ => None,
+    };
+    Ok(Box::new(move || {
+        Ok(unet.forward(&x, 500.0, &ctx, added.as_ref())?)
+    }))
+}
+
+/// Parameters of a UNet of `config`, counted without allocating its weights.
+pub fn unet_parameters(config: &UNetConfig) -> Result<usize> {
+    let (vb, count) = shape_only_var_builder_counted(DType::F32, &Device::Cpu);
+    UNet::new(vb, config)?;
+    Ok(count.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 /// A timed closure.
@@ -349,5 +396,50 @@ mod tests {
         assert_eq!(clip.params(), 123_060_480);
         let vae = Runner::random(Component::VaeDec, Architecture::Sd15, 512, &dev).unwrap();
         assert_eq!(vae.params(), 83_653_863);
+    }
+
+    /// The SDXL inpainting UNet and text encoders match diffusers' and transformers'
+    /// parameter counts (counted without allocating the weights).
+    #[test]
+    fn sdxl_components_have_diffusers_parameter_counts() {
+        assert_eq!(
+            unet_parameters(&UNetConfig::sdxl_inpaint()).unwrap(),
+            2_567_478_084
+        );
+        assert_eq!(
+            unet_parameters(&UNetConfig::sd15_inpaint()).unwrap(),
+            859_535_364
+        );
+        let (vb, count) = shape_only_var_builder_counted(DType::F32, &Device::Cpu);
+        crate::clip::ClipTextModelWithProjection::new(
+            vb,
+            &crate::clip::ClipTextConfig::vit_big_g14(),
+        )
+        .unwrap();
+        assert_eq!(
+            count.load(std::sync::atomic::Ordering::Relaxed),
+            694_659_840
+        );
+    }
+
+    /// The SDXL bench inputs (pooled text embeddings and size ids) on a tiny SDXL-shaped UNet.
+    #[test]
+    fn sdxl_shaped_unet_runs_on_the_bench_inputs() {
+        assert_eq!("sdxl_unet".parse::<Component>().unwrap(), Component::Unet);
+        let config = UNetConfig {
+            block_out_channels: vec![32, 64],
+            down_block_types: vec!["DownBlock2D".into(), "CrossAttnDownBlock2D".into()],
+            attention_head_dim: crate::config::PerBlock::Each(vec![2, 4]),
+            transformer_layers_per_block: crate::config::PerBlock::Each(vec![1, 2]),
+            cross_attention_dim: crate::config::PerBlock::All(48),
+            addition_time_embed_dim: Some(8),
+            projection_class_embeddings_input_dim: Some(16 + 6 * 8),
+            layers_per_block: 1,
+            ..UNetConfig::sdxl_inpaint()
+        };
+        let runner = Runner::unet(&config, 16, &Device::Cpu).unwrap();
+        let (mean, shape) = runner.run().unwrap();
+        assert_eq!(shape, [2, 4, 16, 16]);
+        assert!(mean.is_finite() && mean > 0.0, "{mean}");
     }
 }

@@ -1,11 +1,12 @@
-//! The CLIP text encoder (transformers' `CLIPTextModel`), written here because candle's keeps
-//! its config private (no tiny or fine-tuned sizes) and approximates `gelu` with tanh.
+//! The CLIP text encoder (transformers' `CLIPTextModel` and, for SDXL's second encoder,
+//! `CLIPTextModelWithProjection`), written here because candle's keeps its config private (no
+//! tiny or fine-tuned sizes) and approximates `gelu` with tanh.
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
-use crate::Result;
+use crate::{DiffusionError, Result};
 
 /// The activation of the MLPs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -37,10 +38,22 @@ pub struct ClipTextConfig {
     /// LayerNorm epsilon.
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
+    /// Width of `text_projection` (`CLIPTextModelWithProjection`; SDXL's second encoder).
+    #[serde(default)]
+    pub projection_dim: Option<usize>,
+    /// Where the pooled output is read: 2 (older configs, SD's) means at the largest token id
+    /// (the end token in CLIP's vocabulary), else at the first occurrence of this id, as
+    /// transformers does.
+    #[serde(default = "default_eos")]
+    pub eos_token_id: u32,
 }
 
 fn default_eps() -> f64 {
     1e-5
+}
+
+fn default_eos() -> u32 {
+    49407
 }
 
 impl ClipTextConfig {
@@ -56,6 +69,8 @@ impl ClipTextConfig {
             max_position_embeddings: 77,
             hidden_act: Activation::QuickGelu,
             layer_norm_eps: 1e-5,
+            projection_dim: Some(768),
+            eos_token_id: 2,
         }
     }
 
@@ -71,6 +86,25 @@ impl ClipTextConfig {
             max_position_embeddings: 77,
             hidden_act: Activation::Gelu,
             layer_norm_eps: 1e-5,
+            projection_dim: Some(512),
+            eos_token_id: 2,
+        }
+    }
+
+    /// OpenCLIP ViT-bigG/14's text model with its projection (SDXL's second encoder), from
+    /// <https://huggingface.co/diffusers/stable-diffusion-xl-1.0-inpainting-0.1/blob/main/text_encoder_2/config.json>.
+    pub fn vit_big_g14() -> Self {
+        ClipTextConfig {
+            vocab_size: 49408,
+            hidden_size: 1280,
+            intermediate_size: 5120,
+            num_hidden_layers: 32,
+            num_attention_heads: 20,
+            max_position_embeddings: 77,
+            hidden_act: Activation::Gelu,
+            layer_norm_eps: 1e-5,
+            projection_dim: Some(1280),
+            eos_token_id: 2,
         }
     }
 }
@@ -140,6 +174,7 @@ pub struct ClipTextModel {
     position_embedding: Embedding,
     layers: Vec<EncoderLayer>,
     final_layer_norm: LayerNorm,
+    eos_token_id: u32,
     span: tracing::Span,
 }
 
@@ -187,6 +222,7 @@ impl ClipTextModel {
             position_embedding,
             layers,
             final_layer_norm,
+            eos_token_id: config.eos_token_id,
             span: tracing::trace_span!("clip_text"),
         })
     }
@@ -194,6 +230,62 @@ impl ClipTextModel {
     /// Token ids (`u32`, shape `[b, n]`) to hidden states (shape `[b, n, hidden_size]`).
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let _enter = self.span.enter();
+        let xs = self.run_layers(ids, self.layers.len())?;
+        Ok(self.final_layer_norm.forward(&xs)?)
+    }
+
+    /// The penultimate layer's output (transformers' `hidden_states[-2]`, without the final
+    /// LayerNorm), shape `[b, n, hidden_size]`: what SDXL conditions on. Skips the last layer.
+    pub fn penultimate(&self, ids: &Tensor) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        self.run_layers(ids, self.layers.len().saturating_sub(1))
+    }
+
+    /// The penultimate layer's output and the pooled output: the final-LayerNormed hidden
+    /// state at the end token (see [`ClipTextConfig::eos_token_id`]), shape `[b, hidden_size]`.
+    pub fn penultimate_and_pooled(&self, ids: &Tensor) -> Result<(Tensor, Tensor)> {
+        let _enter = self.span.enter();
+        let n = self.layers.len();
+        let penultimate = self.run_layers(ids, n.saturating_sub(1))?;
+        let last = match self.layers.last() {
+            Some(layer) => {
+                let mask = causal_mask(ids.dim(1)?, penultimate.dtype(), ids.device())?;
+                layer.forward(&penultimate, &mask)?
+            }
+            None => penultimate.clone(),
+        };
+        let last = self.final_layer_norm.forward(&last)?;
+        let rows = ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        let pooled = rows
+            .iter()
+            .enumerate()
+            .map(|(b, row)| {
+                let pos = self.eos_position(row)?;
+                Ok(last.get(b)?.get(pos)?.unsqueeze(0)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((penultimate, Tensor::cat(&pooled, 0)?))
+    }
+
+    /// The position the pooled output is read at, as transformers' `CLIPTextTransformer`.
+    fn eos_position(&self, row: &[u32]) -> Result<usize> {
+        let pos = if self.eos_token_id == 2 {
+            // The first largest id (torch's argmax).
+            row.iter()
+                .enumerate()
+                .fold(None, |best: Option<(usize, u32)>, (i, &v)| match best {
+                    Some((_, b)) if b >= v => best,
+                    _ => Some((i, v)),
+                })
+                .map(|(i, _)| i)
+        } else {
+            row.iter().position(|&v| v == self.eos_token_id).or(Some(0))
+        };
+        pos.ok_or_else(|| DiffusionError::Input("empty token sequence".into()))
+    }
+
+    /// Embeddings and the first `layers` encoder layers.
+    fn run_layers(&self, ids: &Tensor, layers: usize) -> Result<Tensor> {
         let (_, n) = ids.dims2()?;
         let device = ids.device();
         let positions = Tensor::arange(0u32, n as u32, device)?;
@@ -203,10 +295,52 @@ impl ClipTextModel {
             .broadcast_add(&self.position_embedding.forward(&positions)?)?;
         let mask = causal_mask(n, xs.dtype(), device)?;
         let mut xs = xs;
-        for layer in &self.layers {
+        for layer in &self.layers[..layers] {
             xs = layer.forward(&xs, &mask)?;
         }
-        Ok(self.final_layer_norm.forward(&xs)?)
+        Ok(xs)
+    }
+}
+
+/// transformers' `CLIPTextModelWithProjection` (SDXL's second text encoder): the text model
+/// and `text_projection`, a bias-free linear map of the pooled output.
+#[derive(Debug)]
+pub struct ClipTextModelWithProjection {
+    model: ClipTextModel,
+    text_projection: Linear,
+}
+
+impl ClipTextModelWithProjection {
+    /// Builds the model from `vb` (`text_model.*` and `text_projection.weight`); the config
+    /// must give `projection_dim`.
+    pub fn new(vb: VarBuilder, config: &ClipTextConfig) -> Result<Self> {
+        let projection_dim = config.projection_dim.ok_or_else(|| {
+            DiffusionError::config(
+                "text encoder config",
+                "a text encoder with projection needs projection_dim",
+            )
+        })?;
+        let text_projection = candle_nn::linear_no_bias(
+            config.hidden_size,
+            projection_dim,
+            vb.pp("text_projection"),
+        )?;
+        Ok(ClipTextModelWithProjection {
+            model: ClipTextModel::new(vb, config)?,
+            text_projection,
+        })
+    }
+
+    /// The penultimate layer's output (`[b, n, hidden_size]`) and the projected pooled
+    /// output, transformers' `text_embeds` (`[b, projection_dim]`).
+    pub fn penultimate_and_text_embeds(&self, ids: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (penultimate, pooled) = self.model.penultimate_and_pooled(ids)?;
+        Ok((penultimate, self.text_projection.forward(&pooled)?))
+    }
+
+    /// The text model without the projection.
+    pub fn text_model(&self) -> &ClipTextModel {
+        &self.model
     }
 }
 

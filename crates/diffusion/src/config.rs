@@ -1,10 +1,6 @@
 //! diffusers' config.json files for the UNet and the VAE, read into candle's configs, and the
 //! published configs of the supported architectures (for `--random-weights`).
 
-use candle_transformers::models::stable_diffusion::{
-    unet_2d::{BlockConfig, UNet2DConditionModelConfig},
-    vae::AutoEncoderKLConfig,
-};
 use serde::Deserialize;
 
 use crate::{DiffusionError, Result};
@@ -75,9 +71,28 @@ pub struct UNetConfig {
     /// Maps the input from [0, 1] to [-1, 1].
     #[serde(default)]
     pub center_input_sample: bool,
-    /// Extra conditioning (`text_time` for SDXL): not supported by this UNet yet.
+    /// Extra conditioning: `text_time` for SDXL (pooled text embedding and size/crop ids).
     #[serde(default)]
     pub addition_embed_type: Option<String>,
+    /// Channels of each sinusoidal size/crop id embedding (`text_time`).
+    #[serde(default)]
+    pub addition_time_embed_dim: Option<usize>,
+    /// Width of the pooled text embedding plus the six id embeddings (`text_time`).
+    #[serde(default)]
+    pub projection_class_embeddings_input_dim: Option<usize>,
+}
+
+/// One resolution level of the UNet, resolved from the per-block config values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Level {
+    /// Channels.
+    pub channels: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Transformer blocks per attention block; `None` for a level without attention.
+    pub transformer_depth: Option<usize>,
+    /// Width of the text embeddings its cross-attention reads.
+    pub cross_attention_dim: usize,
 }
 
 fn one_per_block() -> PerBlock<usize> {
@@ -126,6 +141,8 @@ impl UNetConfig {
             mid_block_scale_factor: 1.0,
             center_input_sample: false,
             addition_embed_type: None,
+            addition_time_embed_dim: None,
+            projection_class_embeddings_input_dim: None,
         }
     }
 
@@ -140,6 +157,51 @@ impl UNetConfig {
         }
     }
 
+    /// The SDXL 1.0 inpainting UNet, from
+    /// <https://huggingface.co/diffusers/stable-diffusion-xl-1.0-inpainting-0.1/blob/main/unet/config.json>.
+    pub fn sdxl_inpaint() -> Self {
+        UNetConfig {
+            in_channels: 9,
+            out_channels: 4,
+            block_out_channels: vec![320, 640, 1280],
+            down_block_types: [
+                "DownBlock2D",
+                "CrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+            layers_per_block: 2,
+            attention_head_dim: PerBlock::Each(vec![5, 10, 20]),
+            num_attention_heads: None,
+            cross_attention_dim: PerBlock::All(2048),
+            transformer_layers_per_block: PerBlock::Each(vec![1, 2, 10]),
+            use_linear_projection: true,
+            norm_num_groups: 32,
+            norm_eps: 1e-5,
+            flip_sin_to_cos: true,
+            freq_shift: 0.0,
+            downsample_padding: 1,
+            mid_block_scale_factor: 1.0,
+            center_input_sample: false,
+            addition_embed_type: Some("text_time".into()),
+            addition_time_embed_dim: Some(256),
+            projection_class_embeddings_input_dim: Some(2816),
+        }
+    }
+
+    /// Transformer blocks of the mid block: the last `transformer_layers_per_block` value, as
+    /// diffusers takes it.
+    pub fn mid_transformer_depth(&self) -> Result<usize> {
+        let n = self.block_out_channels.len();
+        self.transformer_layers_per_block
+            .get(n.saturating_sub(1))
+            .ok_or_else(|| {
+                DiffusionError::config("unet config", "too few transformer_layers_per_block values")
+            })
+    }
+
     /// The heads of the attention blocks of level `i`.
     fn heads(&self, i: usize) -> Option<usize> {
         match &self.num_attention_heads {
@@ -148,55 +210,63 @@ impl UNetConfig {
         }
     }
 
-    /// candle's UNet config; fails on features candle's UNet lacks.
-    pub fn to_candle(&self) -> Result<UNet2DConditionModelConfig> {
-        if let Some(kind) = &self.addition_embed_type {
-            return Err(DiffusionError::Unsupported(format!(
-                "UNet addition_embed_type {kind:?} (SDXL) is not supported yet"
-            )));
-        }
+    /// The levels, checked for consistency and support.
+    pub fn levels(&self) -> Result<Vec<Level>> {
         let n = self.block_out_channels.len();
-        if self.down_block_types.len() != n {
+        if n == 0 || self.down_block_types.len() != n {
             return Err(DiffusionError::config(
                 "unet config",
                 "down_block_types and block_out_channels differ in length",
             ));
         }
-        let cross = self.cross_attention_dim.get(0).unwrap_or(768);
-        let blocks = (0..n)
+        let too_few =
+            |what: &str| DiffusionError::config("unet config", format!("too few {what} values"));
+        (0..n)
             .map(|i| {
-                let use_cross_attn = match self.down_block_types[i].as_str() {
-                    "CrossAttnDownBlock2D" => {
-                        Some(self.transformer_layers_per_block.get(i).unwrap_or(1))
-                    }
+                let transformer_depth = match self.down_block_types[i].as_str() {
+                    "CrossAttnDownBlock2D" => Some(
+                        self.transformer_layers_per_block
+                            .get(i)
+                            .ok_or_else(|| too_few("transformer_layers_per_block"))?,
+                    ),
                     "DownBlock2D" => None,
                     other => {
                         return Err(DiffusionError::Unsupported(format!("UNet block {other}")));
                     }
                 };
-                Ok(BlockConfig {
-                    out_channels: self.block_out_channels[i],
-                    use_cross_attn,
-                    attention_head_dim: self.heads(i).ok_or_else(|| {
-                        DiffusionError::config("unet config", "too few attention_head_dim values")
-                    })?,
+                let channels = self.block_out_channels[i];
+                let heads = self.heads(i).ok_or_else(|| too_few("attention_head_dim"))?;
+                if heads == 0 || !channels.is_multiple_of(heads) {
+                    return Err(DiffusionError::config(
+                        "unet config",
+                        format!("{channels} channels cannot be split into {heads} heads"),
+                    ));
+                }
+                Ok(Level {
+                    channels,
+                    heads,
+                    transformer_depth,
+                    cross_attention_dim: self
+                        .cross_attention_dim
+                        .get(i)
+                        .ok_or_else(|| too_few("cross_attention_dim"))?,
                 })
             })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(UNet2DConditionModelConfig {
-            center_input_sample: self.center_input_sample,
-            flip_sin_to_cos: self.flip_sin_to_cos,
-            freq_shift: self.freq_shift,
-            blocks,
-            layers_per_block: self.layers_per_block,
-            downsample_padding: self.downsample_padding,
-            mid_block_scale_factor: self.mid_block_scale_factor,
-            norm_num_groups: self.norm_num_groups,
-            norm_eps: self.norm_eps,
-            cross_attention_dim: cross,
-            sliced_attention_size: None,
-            use_linear_projection: self.use_linear_projection,
-        })
+            .collect()
+    }
+
+    /// For `text_time` conditioning: the id embedding width and the projection's input width.
+    pub fn text_time_dims(&self) -> Result<(usize, usize)> {
+        match (
+            self.addition_time_embed_dim,
+            self.projection_class_embeddings_input_dim,
+        ) {
+            (Some(t), Some(p)) => Ok((t, p)),
+            _ => Err(DiffusionError::config(
+                "unet config",
+                "text_time conditioning needs addition_time_embed_dim and projection_class_embeddings_input_dim",
+            )),
+        }
     }
 }
 
@@ -227,6 +297,10 @@ pub struct VaeConfig {
     /// Whether the decoder starts with a 1×1 conv.
     #[serde(default = "yes")]
     pub use_post_quant_conv: bool,
+    /// Run in f32 when the model is f16 (the SDXL VAE overflows in f16); honoured by the SDXL
+    /// pipeline only, as diffusers does.
+    #[serde(default)]
+    pub force_upcast: bool,
 }
 
 fn three() -> usize {
@@ -250,24 +324,23 @@ impl VaeConfig {
             scaling_factor: 0.18215,
             use_quant_conv: true,
             use_post_quant_conv: true,
+            force_upcast: false,
+        }
+    }
+
+    /// The SDXL VAE (the SD one retrained, another latent scale), from
+    /// <https://huggingface.co/diffusers/stable-diffusion-xl-1.0-inpainting-0.1/blob/main/vae/config.json>.
+    pub fn sdxl() -> Self {
+        VaeConfig {
+            scaling_factor: 0.13025,
+            force_upcast: true,
+            ..Self::sd()
         }
     }
 
     /// How many pixels one latent covers along each side.
     pub fn scale_factor(&self) -> usize {
         1 << (self.block_out_channels.len().saturating_sub(1))
-    }
-
-    /// candle's VAE config.
-    pub fn to_candle(&self) -> AutoEncoderKLConfig {
-        AutoEncoderKLConfig {
-            block_out_channels: self.block_out_channels.clone(),
-            layers_per_block: self.layers_per_block,
-            latent_channels: self.latent_channels,
-            norm_num_groups: self.norm_num_groups,
-            use_quant_conv: self.use_quant_conv,
-            use_post_quant_conv: self.use_post_quant_conv,
-        }
     }
 }
 

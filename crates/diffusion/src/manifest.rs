@@ -21,46 +21,43 @@ pub enum Architecture {
     Sd15,
     /// SD 2.x: OpenCLIP ViT-H/14 text encoder, linear projections, 512² (inpainting).
     Sd2,
-    /// SDXL: two text encoders and time conditioning, 1024² (not runnable yet).
+    /// SDXL: CLIP ViT-L/14 and OpenCLIP ViT-bigG/14 text encoders, size/crop conditioning,
+    /// 1024².
     Sdxl,
 }
 
 impl Architecture {
     /// The published UNet config of the architecture (for random weights).
     pub fn unet_config(self) -> Result<UNetConfig> {
-        match self {
-            Architecture::Sd15 => Ok(UNetConfig::sd15_inpaint()),
-            Architecture::Sd2 => Ok(UNetConfig::sd2_inpaint()),
-            Architecture::Sdxl => Err(self.unsupported()),
-        }
+        Ok(match self {
+            Architecture::Sd15 => UNetConfig::sd15_inpaint(),
+            Architecture::Sd2 => UNetConfig::sd2_inpaint(),
+            Architecture::Sdxl => UNetConfig::sdxl_inpaint(),
+        })
     }
 
     /// The published VAE config of the architecture.
     pub fn vae_config(self) -> Result<VaeConfig> {
-        match self {
-            Architecture::Sd15 | Architecture::Sd2 => Ok(VaeConfig::sd()),
-            Architecture::Sdxl => Err(self.unsupported()),
-        }
+        Ok(match self {
+            Architecture::Sd15 | Architecture::Sd2 => VaeConfig::sd(),
+            Architecture::Sdxl => VaeConfig::sdxl(),
+        })
     }
 
-    /// The published text encoder config of the architecture.
+    /// The published config of the (first) text encoder of the architecture.
     pub fn text_config(self) -> Result<ClipTextConfig> {
+        Ok(match self {
+            Architecture::Sd15 | Architecture::Sdxl => ClipTextConfig::vit_l14(),
+            Architecture::Sd2 => ClipTextConfig::vit_h14(),
+        })
+    }
+
+    /// The published config of the second text encoder (with projection), for SDXL.
+    pub fn text_config_2(self) -> Option<ClipTextConfig> {
         match self {
-            Architecture::Sd15 => Ok(ClipTextConfig::vit_l14()),
-            Architecture::Sd2 => Ok(ClipTextConfig::vit_h14()),
-            Architecture::Sdxl => Err(self.unsupported()),
+            Architecture::Sd15 | Architecture::Sd2 => None,
+            Architecture::Sdxl => Some(ClipTextConfig::vit_big_g14()),
         }
-    }
-
-    /// Whether this crate's pipeline runs the architecture.
-    pub fn is_supported(self) -> bool {
-        !matches!(self, Architecture::Sdxl)
-    }
-
-    fn unsupported(self) -> DiffusionError {
-        DiffusionError::Unsupported(format!(
-            "the {self:?} architecture (SDXL's UNet needs text/time conditioning candle's UNet lacks)"
-        ))
     }
 }
 
@@ -260,9 +257,9 @@ mod tests {
         for m in &all {
             assert!(m.files.iter().any(|f| f.starts_with("unet/")), "{}", m.name);
             assert!(m.defaults.steps > 0);
-            if m.architecture.is_supported() {
-                m.architecture.unet_config().unwrap().to_candle().unwrap();
-            }
+            m.architecture.unet_config().unwrap().levels().unwrap();
+            m.architecture.vae_config().unwrap();
+            m.architecture.text_config().unwrap();
         }
     }
 

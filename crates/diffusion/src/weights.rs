@@ -35,11 +35,13 @@ pub fn mmap_var_builder(path: &Path, dtype: DType, device: &Device) -> Result<Va
 }
 
 /// Plain tensors (not candle `Var`s, which keep an autograd graph alive) made up on request
-/// with the shape each layer asks for: constants where the layer's initialiser is a constant
-/// (norm weights and biases), small normal values otherwise. Speed does not depend on the
+/// with the shape each layer asks for: ones for norm scales, the hinted constant for other
+/// vectors (biases), small normal values otherwise. Speed does not depend on the
 /// values, so this sizes hardware without a download.
 #[derive(Debug, Default)]
 struct RandomWeights {
+    /// Hand out one zero broadcast to the shape instead (no memory): for counting only.
+    shape_only: bool,
     count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Names handed out: a layer may ask twice for one tensor (candle's VAE attention probes).
     seen: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -63,8 +65,15 @@ impl SimpleBackend for RandomWeights {
             self.count
                 .fetch_add(s.elem_count(), std::sync::atomic::Ordering::Relaxed);
         }
+        if self.shape_only {
+            return Tensor::zeros((), dtype, dev)?.broadcast_as(s);
+        }
+        // `VarBuilder::get` (the kernels' convs and group norms) hints a zero constant
+        // whatever the tensor: vectors named `weight` are norm scales (ones), other vectors
+        // take the hint, matrices and kernels are random.
         match h {
-            Init::Const(v) => Tensor::full(v as f32, s, dev)?.to_dtype(dtype),
+            _ if s.rank() == 1 && name.ends_with("weight") => Tensor::ones(s, dtype, dev),
+            Init::Const(v) if s.rank() < 2 => Tensor::full(v as f32, s, dev)?.to_dtype(dtype),
             _ => Tensor::randn(0f32, 0.02, s, dev)?.to_dtype(dtype),
         }
     }
@@ -104,70 +113,22 @@ pub fn random_var_builder_counted(
     )
 }
 
-/// Wraps a VAE's VarBuilder so that the encoder's log-variance channels come out as -10⁴:
-/// the posterior's std is then 0 and candle's `sample()` is its mode (the mean), which is
-/// what the inpainting pipeline encodes the masked image to (deterministic, as diffusers'
-/// `latent_dist.mode()`). candle keeps the mean itself private.
-pub fn mode_only_vae(
-    inner: VarBuilder<'static>,
-    config: &crate::config::VaeConfig,
+/// A VarBuilder whose tensors are one zero broadcast to each requested shape: builds a model
+/// of any size without memory, to count its parameters (it cannot run).
+pub fn shape_only_var_builder_counted(
     dtype: DType,
     device: &Device,
-) -> VarBuilder<'static> {
-    let target = if config.use_quant_conv {
-        "quant_conv"
-    } else {
-        "encoder.conv_out"
+) -> (
+    VarBuilder<'static>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let backend = RandomWeights {
+        shape_only: true,
+        ..RandomWeights::default()
     };
-    VarBuilder::from_backend(
-        Box::new(ModeOnly {
-            inner,
-            target: target.to_string(),
-            latent_channels: config.latent_channels,
-        }),
-        dtype,
-        device.clone(),
+    let count = backend.count.clone();
+    (
+        VarBuilder::from_backend(Box::new(backend), dtype, device.clone()),
+        count,
     )
-}
-
-struct ModeOnly {
-    inner: VarBuilder<'static>,
-    target: String,
-    latent_channels: usize,
-}
-
-impl SimpleBackend for ModeOnly {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        h: Init,
-        dtype: DType,
-        _dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let t = self.inner.get_with_hints_dtype(s, name, h, dtype)?;
-        let c = self.latent_channels;
-        if name == format!("{}.weight", self.target) {
-            let logvar = t.narrow(0, c, c)?.zeros_like()?;
-            Tensor::cat(&[&t.narrow(0, 0, c)?, &logvar], 0)
-        } else if name == format!("{}.bias", self.target) {
-            let logvar = (t.narrow(0, c, c)?.zeros_like()? - 1e4)?;
-            Tensor::cat(&[&t.narrow(0, 0, c)?, &logvar], 0)
-        } else {
-            Ok(t)
-        }
-    }
-
-    fn get_unchecked(
-        &self,
-        name: &str,
-        dtype: DType,
-        _dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        self.inner.get_unchecked_dtype(name, dtype)
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.inner.contains_tensor(name)
-    }
 }

@@ -1,5 +1,5 @@
-//! Parity with diffusers: the tiny random pipeline in fixtures/tiny-sd-inpaint and the outputs
-//! diffusers computed for a fixed input (fixtures/golden, made by make_golden.py).
+//! Parity with diffusers: the tiny random pipelines in fixtures/tiny-{sd,sd2,sdxl}-inpaint and
+//! the outputs diffusers computed for a fixed input (fixtures/golden, made by make_golden.py).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -36,9 +36,10 @@ fn model() -> InpaintModel {
     model_of("sd")
 }
 
-/// The SD 1.x style fixture and the SD 2 style one (linear projections, exact GELU, "!" pad
-/// token, v-prediction).
-const VARIANTS: [&str; 2] = ["sd", "sd2"];
+/// The SD 1.x style fixture, the SD 2 style one (linear projections, exact GELU, "!" pad
+/// token, v-prediction) and the SDXL style one (two text encoders, pooled embedding and
+/// size/crop ids, transformer depth 2, no attention at the first level).
+const VARIANTS: [&str; 3] = ["sd", "sd2", "sdxl"];
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
@@ -64,9 +65,26 @@ fn tokenizer_matches_transformers() {
     }
 }
 
+fn ids_of(t: &Tensor) -> Vec<i64> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+fn widen(ids: &[u32]) -> Vec<i64> {
+    ids.iter().map(|&i| i64::from(i)).collect()
+}
+
 fn tokenizer_matches(variant: &str) {
     let g = golden_of(variant);
     let m = model_of(variant);
+    match (m.tokenize_2(PROMPT).unwrap(), g.get("prompt_ids_2")) {
+        (Some(ids), Some(want)) => {
+            assert_eq!(widen(&ids), ids_of(want));
+            let neg = m.tokenize_2(NEGATIVE).unwrap().unwrap();
+            assert_eq!(widen(&neg), ids_of(&g["negative_ids_2"]));
+        }
+        (None, None) => {}
+        _ => panic!("{variant}: second tokenizer presence differs"),
+    }
     let ids: Vec<u32> = m.tokenize(PROMPT).unwrap();
     let want: Vec<i64> = g["prompt_ids"].flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!(ids.iter().map(|&i| i64::from(i)).collect::<Vec<_>>(), want);
@@ -84,15 +102,31 @@ fn text_encoder_matches_transformers() {
 
 fn text_encoder_matches(variant: &str) {
     let g = golden_of(variant);
-    let d = max_abs_diff(
-        &model_of(variant).encode_prompt(PROMPT).unwrap(),
-        &g["text_embeddings"],
-    );
+    let e = model_of(variant).encode_text(PROMPT).unwrap();
+    let d = max_abs_diff(&e.context, &g["text_embeddings"]);
     eprintln!("{variant}: text embeddings max abs diff {d:e}");
     assert!(d < 1e-4, "{variant}: {d}");
+    match (&e.pooled, g.get("pooled_text_embeddings")) {
+        (Some(pooled), Some(want)) => {
+            let d = max_abs_diff(pooled, want);
+            eprintln!("{variant}: pooled text embeddings max abs diff {d:e}");
+            assert!(d < 1e-4, "{variant}: pooled {d}");
+        }
+        (None, None) => {}
+        _ => panic!("{variant}: pooled embedding presence differs"),
+    }
 }
 
 fn run(variant: &str, scheduler: SchedulerKind, with_noise: bool) -> (f32, Tensor) {
+    run_with(variant, scheduler, with_noise, NEGATIVE)
+}
+
+fn run_with(
+    variant: &str,
+    scheduler: SchedulerKind,
+    with_noise: bool,
+    negative_prompt: &str,
+) -> (f32, Tensor) {
     let g = golden_of(variant);
     let m = model_of(variant);
     let noise: Vec<Tensor> = if with_noise {
@@ -102,7 +136,7 @@ fn run(variant: &str, scheduler: SchedulerKind, with_noise: bool) -> (f32, Tenso
     };
     let params = InpaintParams {
         prompt: PROMPT,
-        negative_prompt: NEGATIVE,
+        negative_prompt,
         steps: 4,
         guidance_scale: 7.5,
         scheduler,
@@ -122,9 +156,11 @@ fn run(variant: &str, scheduler: SchedulerKind, with_noise: bool) -> (f32, Tenso
         )
         .unwrap();
     assert_eq!(steps, [(1, 4), (2, 4), (3, 4), (4, 4)]);
-    let key = match scheduler {
-        SchedulerKind::Ddim => "out_ddim",
-        SchedulerKind::EulerAncestral => "out_euler",
+    let key = match (scheduler, negative_prompt.is_empty()) {
+        (SchedulerKind::Ddim, false) => "out_ddim",
+        (SchedulerKind::EulerAncestral, false) => "out_euler",
+        (SchedulerKind::Ddim, true) => "out_ddim_zero_negative",
+        (SchedulerKind::EulerAncestral, true) => panic!("no golden output"),
     };
     (max_abs_diff(&out, &g[key]), out)
 }
@@ -145,6 +181,38 @@ fn euler_ancestral_matches_diffusers() {
         eprintln!("{variant}: Euler-ancestral final image max abs diff {d:e}");
         assert!(d < 1e-3, "{variant}: {d}");
     }
+}
+
+/// SDXL's `force_zeros_for_empty_prompt`: an empty negative prompt conditions on zeros.
+#[test]
+fn sdxl_empty_negative_prompt_matches_diffusers() {
+    let (d, _) = run_with("sdxl", SchedulerKind::Ddim, false, "");
+    eprintln!("sdxl: DDIM, empty negative prompt, final image max abs diff {d:e}");
+    assert!(d < 1e-3, "{d}");
+}
+
+#[test]
+fn sdxl_variations_batch() {
+    let g = golden_of("sdxl");
+    let m = model_of("sdxl");
+    let params = InpaintParams {
+        prompt: PROMPT,
+        steps: 2,
+        seeds: &[1, 2, 1],
+        ..InpaintParams::default()
+    };
+    let out = m
+        .inpaint(
+            &g["image"],
+            &g["mask"],
+            &params,
+            &mut |_, _| {},
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+    assert_eq!(out.dims(), [3, 3, 32, 48]);
+    let same = max_abs_diff(&out.get(0).unwrap(), &out.get(2).unwrap());
+    assert!(same < 1e-4, "same seed, same image: {same}");
 }
 
 #[test]

@@ -349,8 +349,13 @@ mod engine_tests {
     use std::path::Path;
 
     fn tiny() -> Arc<DiffusionBackend> {
+        tiny_of("tiny-sd-inpaint")
+    }
+
+    fn tiny_of(fixture: &str) -> Arc<DiffusionBackend> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../diffusion/tests/fixtures/tiny-sd-inpaint");
+            .join("../diffusion/tests/fixtures")
+            .join(fixture);
         let settings = DiffusionSettings {
             resolution: 32,
             steps: 3,
@@ -398,6 +403,25 @@ mod engine_tests {
         let reports = reports.into_inner().unwrap();
         assert_eq!(reports.last(), Some(&(6, 6)), "{reports:?}");
         assert!(reports.windows(2).all(|w| w[0].0 <= w[1].0), "{reports:?}");
+    }
+
+    /// The SDXL-style fixture (two text encoders, size conditioning) runs through the same
+    /// backend.
+    #[test]
+    fn sdxl_models_expand() {
+        let mut engine = Engine::default();
+        engine.register(tiny_of("tiny-sdxl-inpaint"));
+        let cancel = AtomicBool::new(false);
+        let out = engine
+            .expand_with(
+                &request(2),
+                &JobControl {
+                    progress: &|_| {},
+                    cancel: &cancel,
+                },
+            )
+            .unwrap();
+        assert_eq!(out.images.len(), 2);
     }
 
     #[test]

@@ -61,6 +61,10 @@ impl SendPtr {
 /// `softmax(q kᵀ · scale) v` for `q` of shape (n, lq, d) and `k`, `v` of shape (n, lk, d):
 /// multi-head attention with the heads folded into `n`. Returns (n, lq, d).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    #[cfg(feature = "flash-attn")]
+    if q.device().is_cuda() {
+        return flash_attention(q, k, v, scale);
+    }
     if !cpu_f32(&[q, k, v]) {
         return reference::attention(q, k, v, scale);
     }
@@ -69,6 +73,17 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
     };
     q.contiguous()?
         .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)
+}
+
+/// FlashAttention-2 on CUDA (f16): the folded heads become flash-attn's head axis.
+#[cfg(feature = "flash-attn")]
+fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let dtype = q.dtype();
+    let prep = |t: &Tensor| t.to_dtype(DType::F16)?.transpose(0, 1)?.unsqueeze(0);
+    candle_flash_attn::flash_attn(&prep(q)?, &prep(k)?, &prep(v)?, scale as f32, false)?
+        .squeeze(0)?
+        .transpose(0, 1)?
+        .to_dtype(dtype)
 }
 
 /// diffusers' GEGLU activation: `x` of shape (…, 2m) split into `h, gate` on the last

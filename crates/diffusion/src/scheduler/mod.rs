@@ -214,3 +214,28 @@ pub(crate) fn spaced_timesteps(config: &SchedulerConfig, steps: usize) -> Vec<f6
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SDXL inpainting ships an `EulerDiscreteScheduler` config: its schedule is read and the
+    /// fields these schedulers do not use are ignored.
+    #[test]
+    fn sdxl_scheduler_config_parses() {
+        let c: SchedulerConfig = serde_json::from_str(
+            r#"{"_class_name": "EulerDiscreteScheduler", "_diffusers_version": "0.21.0.dev0",
+                "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+                "clip_sample": false, "interpolation_type": "linear", "num_train_timesteps": 1000,
+                "prediction_type": "epsilon", "sample_max_value": 1.0, "set_alpha_to_one": false,
+                "skip_prk_steps": true, "steps_offset": 1, "timestep_spacing": "leading",
+                "trained_betas": null, "use_karras_sigmas": false}"#,
+        )
+        .unwrap();
+        assert_eq!(c.timestep_spacing, TimestepSpacing::Leading);
+        assert_eq!(c.steps_offset, 1);
+        for kind in [SchedulerKind::Ddim, SchedulerKind::EulerAncestral] {
+            assert_eq!(c.build(kind, 30).unwrap().timesteps().len(), 30);
+        }
+    }
+}

@@ -1,37 +1,39 @@
 //! The inpainting pipeline: a loaded model ([`InpaintModel`]) and [`InpaintModel::inpaint`],
-//! a port of diffusers' `StableDiffusionInpaintPipeline` for 9-channel UNets.
+//! a port of diffusers' `StableDiffusionInpaintPipeline` and, for SDXL,
+//! `StableDiffusionXLInpaintPipeline` for 9-channel UNets (the text conditioning is in
+//! [`text`]).
+
+mod text;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::stable_diffusion::{
-    unet_2d::UNet2DConditionModel, vae::AutoEncoderKL,
-};
 
-use crate::clip::{ClipTextConfig, ClipTextModel};
+use self::text::TextConditioner;
+pub use self::text::TextEmbeddings;
 use crate::config::{UNetConfig, VaeConfig, read_json};
 use crate::random::NoiseRng;
 use crate::scheduler::{SchedulerConfig, SchedulerKind};
-use crate::tokenizer::ClipTokenizer;
+use crate::unet::UNet;
+use crate::vae::Vae;
 use crate::weights::{component_weights, mmap_var_builder};
 use crate::{DiffusionError, Result};
 
-/// A Stable Diffusion inpainting model, loaded once and kept resident.
+/// A Stable Diffusion (1.x, 2.x or XL) inpainting model, loaded once and kept resident.
 #[derive(Debug)]
 pub struct InpaintModel {
-    /// `None` for a model with random weights (no vocabulary): prompts become fixed ids.
-    tokenizer: Option<ClipTokenizer>,
-    text_config: ClipTextConfig,
-    text_encoder: ClipTextModel,
-    vae: AutoEncoderKL,
+    text: TextConditioner,
+    vae: Vae,
     vae_config: VaeConfig,
-    unet: UNet2DConditionModel,
+    unet: UNet,
     unet_config: UNetConfig,
     scheduler_config: SchedulerConfig,
     device: Device,
     dtype: DType,
+    /// The VAE's precision: f32 for an SDXL VAE (`force_upcast`: it overflows in f16).
+    vae_dtype: DType,
 }
 
 /// What to generate, besides the image and the mask.
@@ -77,9 +79,9 @@ impl Default for InpaintParams<'_> {
 
 impl InpaintModel {
     /// Loads a model from a diffusers-layout folder (`unet/`, `vae/`, `text_encoder/`,
-    /// `tokenizer/`, `scheduler/`), converting weights to `dtype` on `device`.
+    /// `tokenizer/`, `scheduler/`, and for SDXL `text_encoder_2/`, `tokenizer_2/` and
+    /// `model_index.json`), converting weights to `dtype` on `device`.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
-        let text_config: ClipTextConfig = read_json(&dir.join("text_encoder/config.json"))?;
         let unet_config: UNetConfig = read_json(&dir.join("unet/config.json"))?;
         let vae_config: VaeConfig = read_json(&dir.join("vae/config.json"))?;
         let scheduler_path = dir.join("scheduler/scheduler_config.json");
@@ -88,21 +90,17 @@ impl InpaintModel {
         } else {
             SchedulerConfig::default()
         };
-        let tokenizer =
-            ClipTokenizer::from_dir(&dir.join("tokenizer"), text_config.max_position_embeddings)?;
-        let vb = |c: &str| -> Result<VarBuilder<'static>> {
+        let vb_as = |c: &str, dtype: DType| -> Result<VarBuilder<'static>> {
             mmap_var_builder(&component_weights(&dir.join(c))?, dtype, device)
         };
-        let text_encoder = ClipTextModel::new(vb("text_encoder")?, &text_config)?;
-        let vae = build_vae(
-            crate::weights::mode_only_vae(vb("vae")?, &vae_config, dtype, device),
-            &vae_config,
-        )?;
-        let unet = build_unet(vb("unet")?, &unet_config)?;
+        let vb = |c: &str| vb_as(c, dtype);
+        let text = TextConditioner::load(dir, &vb)?;
+        text.check(&unet_config)?;
+        let vae_dtype = text.vae_dtype(&vae_config, dtype);
+        let vae = Vae::new(vb_as("vae", vae_dtype)?, &vae_config)?;
+        let unet = UNet::new(vb("unet")?, &unet_config)?;
         Ok(InpaintModel {
-            tokenizer: Some(tokenizer),
-            text_config,
-            text_encoder,
+            text,
             vae,
             vae_config,
             unet,
@@ -110,6 +108,7 @@ impl InpaintModel {
             scheduler_config,
             device: device.clone(),
             dtype,
+            vae_dtype,
         })
     }
 
@@ -120,21 +119,25 @@ impl InpaintModel {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
-        let text_config = arch.text_config()?;
         let unet_config = arch.unet_config()?;
         let vae_config = arch.vae_config()?;
         let vb = || crate::weights::random_var_builder(dtype, device);
+        let text = TextConditioner::random(arch.text_config()?, arch.text_config_2(), &vb)?;
+        text.check(&unet_config)?;
+        let vae_dtype = text.vae_dtype(&vae_config, dtype);
         Ok(InpaintModel {
-            tokenizer: None,
-            text_encoder: ClipTextModel::new(vb(), &text_config)?,
-            text_config,
-            vae: build_vae(vb(), &vae_config)?,
+            text,
+            vae: Vae::new(
+                crate::weights::random_var_builder(vae_dtype, device),
+                &vae_config,
+            )?,
             vae_config,
-            unet: build_unet(vb(), &unet_config)?,
+            unet: UNet::new(vb(), &unet_config)?,
             unet_config,
             scheduler_config: SchedulerConfig::default(),
             device: device.clone(),
             dtype,
+            vae_dtype,
         })
     }
 
@@ -164,25 +167,25 @@ impl InpaintModel {
         &self.scheduler_config
     }
 
-    /// The padded token ids of a prompt.
+    /// The padded token ids of a prompt (for SDXL: of the first tokenizer).
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
-        match &self.tokenizer {
-            Some(t) => t.encode(text),
-            // As shared/perf/torch_reference.py makes its ids.
-            None => {
-                let v = self.text_config.vocab_size as u32;
-                Ok((0..self.text_config.max_position_embeddings as u32)
-                    .map(|i| (i * 7919 + 13) % v)
-                    .collect())
-            }
-        }
+        self.text.tokenize(text)
     }
 
-    /// The text encoder's hidden states for a prompt (shape `[1, 77, D]`).
+    /// The padded token ids of a prompt for SDXL's second tokenizer; `None` for SD 1.x / 2.x.
+    pub fn tokenize_2(&self, text: &str) -> Result<Option<Vec<u32>>> {
+        self.text.tokenize_2(text)
+    }
+
+    /// What the UNet's cross-attention reads for a prompt (shape `[1, 77, D]`): the text
+    /// encoder's last hidden state, or for SDXL both encoders' penultimate ones side by side.
     pub fn encode_prompt(&self, text: &str) -> Result<Tensor> {
-        let ids = self.tokenize(text)?;
-        let ids = Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?;
-        self.text_encoder.forward(&ids)
+        Ok(self.text.encode(text, &self.device)?.context)
+    }
+
+    /// [`InpaintModel::encode_prompt`] and, for SDXL, the pooled text embedding.
+    pub fn encode_text(&self, text: &str) -> Result<TextEmbeddings> {
+        self.text.encode(text, &self.device)
     }
 
     /// Inpaints `image` (f32 in [0, 1], shape `[1, 3, H, W]`) where `mask` (shape
@@ -222,14 +225,11 @@ impl InpaintModel {
         let scaling = self.vae_config.scaling_factor;
         let cfg = params.guidance_scale > 1.0;
 
-        // 1. Text conditioning, negative first: shape [2n or n, 77, D].
-        let cond = self.encode_prompt(params.prompt)?;
-        let context = if cfg {
-            let uncond = self.encode_prompt(params.negative_prompt)?;
-            Tensor::cat(&[uncond.repeat((n, 1, 1))?, cond.repeat((n, 1, 1))?], 0)?
-        } else {
-            cond.repeat((n, 1, 1))?
-        };
+        // 1. Text conditioning, negative first: shape [2n or n, 77, D] (and SDXL's pooled
+        // embeddings and size/crop ids).
+        let cond =
+            self.text
+                .conditioning(params.prompt, params.negative_prompt, n, cfg, (h, w), dev)?;
 
         // 2. Image in [-1, 1], the binarised mask, the masked image and their latents.
         let image = ((image.to_dtype(DType::F32)?.to_device(dev)? * 2.0)? - 1.0)?;
@@ -244,7 +244,9 @@ impl InpaintModel {
         let mask_latent = mask.upsample_nearest2d(lh, lw)?.to_dtype(self.dtype)?; // shape: [1, 1, lh, lw]
         let batch = if cfg { 2 * n } else { n };
         let mask_latent = mask_latent.repeat((batch, 1, 1, 1))?;
-        let masked_latents = masked_latents.repeat((batch, 1, 1, 1))?;
+        let masked_latents = masked_latents
+            .to_dtype(self.dtype)?
+            .repeat((batch, 1, 1, 1))?;
 
         // 3. Schedule and initial latents.
         let scheduler = self
@@ -302,7 +304,10 @@ impl InpaintModel {
             };
             let x = scheduler.scale_model_input(x, i)?.to_dtype(self.dtype)?;
             let x = Tensor::cat(&[&x, &mask_latent, &masked_latents], 1)?; // shape: [batch, 9, lh, lw]
-            let noise_pred = self.unet.forward(&x, t, &context)?.to_dtype(DType::F32)?;
+            let noise_pred = self
+                .unet
+                .forward(&x, t, &cond.context, cond.added.as_ref())?
+                .to_dtype(DType::F32)?;
             let noise_pred = if cfg {
                 let parts = noise_pred.chunk(2, 0)?;
                 let (uncond, text) = (&parts[0], &parts[1]);
@@ -328,9 +333,9 @@ impl InpaintModel {
 
         // 5. Decode.
         let _decode = tracing::debug_span!("vae_decode").entered();
-        let latents = (latents / scaling)?.to_dtype(self.dtype)?;
-        // One image at a time: candle's VAE decoder mixes up the items of a batch (its
-        // attention block), and decoding is the memory peak anyway.
+        let latents = (latents / scaling)?.to_dtype(self.vae_dtype)?;
+        // One image at a time: decoding is the memory peak (the 512² VAE decoder holds
+        // 128×512×512 activations per image).
         let images = (0..n)
             .map(|i| {
                 if cancel.load(Ordering::Relaxed) {
@@ -346,33 +351,13 @@ impl InpaintModel {
         Ok(((images / 2.0)? + 0.5)?.clamp(0f32, 1f32)?)
     }
 
-    /// The VAE posterior's mode (its mean) for an image in [-1, 1]: the encoder is loaded
-    /// with a zero log-variance path (see [`crate::weights::mode_only_vae`]), so candle's
-    /// `sample()` returns the mean exactly.
+    /// The VAE posterior's mode (its mean, as diffusers' `latent_dist.mode()`) for an image
+    /// in [-1, 1].
     fn encode_mode(&self, image: &Tensor) -> Result<Tensor> {
         let _span = tracing::debug_span!("vae_encode").entered();
-        let dist = self.vae.encode(&image.to_dtype(self.dtype)?)?;
-        Ok(dist.sample()?.to_dtype(DType::F32)?)
+        Ok(self
+            .vae
+            .encode_mean(&image.to_dtype(self.vae_dtype)?)?
+            .to_dtype(DType::F32)?)
     }
-}
-
-/// Builds candle's VAE from a config.
-pub fn build_vae(vb: VarBuilder, config: &VaeConfig) -> Result<AutoEncoderKL> {
-    Ok(AutoEncoderKL::new(
-        vb,
-        config.in_channels,
-        config.out_channels,
-        config.to_candle(),
-    )?)
-}
-
-/// Builds candle's UNet from a config.
-pub fn build_unet(vb: VarBuilder, config: &UNetConfig) -> Result<UNet2DConditionModel> {
-    Ok(UNet2DConditionModel::new(
-        vb,
-        config.in_channels,
-        config.out_channels,
-        false,
-        config.to_candle()?,
-    )?)
 }

@@ -5,14 +5,21 @@
 #
 #   benches/gpu/run.sh [path/to/outpaint built with --features cuda]
 #
-# Building: `cargo build --release --features cuda` needs nvcc and the CUDA headers at build
-# time only (candle compiles its kernels to PTX); the binary loads libcuda/cuBLAS at run time.
-# Without a system toolkit, PyPI's wheels work:
-#   pip install nvidia-cuda-nvcc-cu12 nvidia-cuda-runtime-cu12 nvidia-cublas-cu12 nvidia-curand-cu12
-#   export PATH=$VENV/lib/python3*/site-packages/nvidia/cuda_nvcc/bin:$PATH CUDA_COMPUTE_CAP=90
-#   cargo build --release --features cuda
-# (and LD_LIBRARY_PATH to the wheels' lib folders when running). Add `flash-attn` for
-# FlashAttention-2 (a long build).
+# Building: candle compiles its kernels to PTX with nvcc at build time and links libcuda,
+# cuBLAS, cuRAND and NVRTC dynamically; the binary then needs the NVIDIA driver (libcuda.so.1)
+# and those libraries at run time. Without a system toolkit, what worked here (1 December 2026,
+# no GPU on the build machine) is PyPI's CUDA 13.4 wheels (cudarc 0.19.10 knows CUDA <= 13.4):
+#   python3 -m venv cu && cu/bin/pip install nvidia-cuda-nvcc==13.4.92 'nvidia-cuda-crt==13.4.*' \
+#       'nvidia-cuda-runtime==13.4.*' 'nvidia-nvvm==13.4.*' 'nvidia-cuda-nvrtc==13.4.*' \
+#       nvidia-cuda-cccl==13.3.5.0.6 nvidia-cublas nvidia-curand
+#   CU=$PWD/cu/lib/python3.11/site-packages/nvidia/cu13
+#   (cd $CU/lib && for l in cublas cublasLt cudart nvrtc; do ln -sf lib$l.so.13 lib$l.so; done \
+#       && ln -sf libcurand.so.10 libcurand.so)
+# plus, on a machine without the driver, a link-time stub libcuda.so in $CU/lib (any shared
+# object with soname libcuda.so.1 defining the cu* symbols cudarc declares; the driver's real
+# library replaces it at run time), then
+#   PATH=$CU/bin:$PATH CUDA_ROOT=$CU CUDA_COMPUTE_CAP=90 cargo build --release --features cuda
+# and LD_LIBRARY_PATH=$CU/lib when running. Add `flash-attn` for FlashAttention-2 (a long build).
 set -euo pipefail
 OUTPAINT=${1:-target/release/outpaint}
 PY=${PYTHON:-python3}

@@ -3,9 +3,10 @@
 //! tiny or fine-tuned sizes) and approximates `gelu` with tanh.
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
+use crate::kernels::Linear;
 use crate::{DiffusionError, Result};
 
 /// The activation of the MLPs.
@@ -110,7 +111,7 @@ impl ClipTextConfig {
 }
 
 fn linear(i: usize, o: usize, vb: VarBuilder) -> Result<Linear> {
-    Ok(candle_nn::linear(i, o, vb)?)
+    Ok(Linear::load(vb, i, o, true)?)
 }
 
 #[derive(Debug)]
@@ -320,10 +321,11 @@ impl ClipTextModelWithProjection {
                 "a text encoder with projection needs projection_dim",
             )
         })?;
-        let text_projection = candle_nn::linear_no_bias(
+        let text_projection = Linear::load(
+            vb.pp("text_projection"),
             config.hidden_size,
             projection_dim,
-            vb.pp("text_projection"),
+            false,
         )?;
         Ok(ClipTextModelWithProjection {
             model: ClipTextModel::new(vb, config)?,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderValue, Method, Version, header};
 use axum::middleware::{self, Next};
@@ -76,9 +76,49 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn(move |request, next| {
+            refuse_oversized(max_body_bytes, request, next)
+        }))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(middleware::from_fn(extract::with_request_id))
         .with_state(state)
+}
+
+/// Declared bodies up to this size that are over the limit are read and dropped before the
+/// refusal is sent (see [`refuse_oversized`]); larger ones are refused without reading.
+const DRAIN_MAX_BYTES: u64 = 64 << 20;
+/// The most time spent dropping such a body.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// Middleware: a body whose Content-Length is over the limit is refused (400 / 1200) before
+/// any handler runs. Up to [`DRAIN_MAX_BYTES`] of it are read and dropped first: a server that
+/// closes a connection with unread data resets it, and a client still sending would then see
+/// the reset instead of the answer.
+async fn refuse_oversized(max_body_bytes: usize, request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > max_body_bytes as u64 => {
+            if length <= DRAIN_MAX_BYTES {
+                let mut body = request.into_body();
+                let drain = async {
+                    while let Some(Ok(_)) =
+                        std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx))
+                            .await
+                    {}
+                };
+                let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+            }
+            ApiError::BadRequest(format!(
+                "the request body is {length} bytes; this server accepts at most {max_body_bytes} (see --max-body-mb)"
+            ))
+            .into_response()
+        }
+        _ => next.run(request).await,
+    }
 }
 
 /// Middleware: the request's span, its timeout (504 / 5002), metrics, and the log line of an

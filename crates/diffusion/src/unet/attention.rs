@@ -4,9 +4,9 @@
 //! routed through [`crate::kernels`].
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder, layer_norm, linear, linear_no_bias};
+use candle_nn::{LayerNorm, VarBuilder, layer_norm};
 
-use crate::kernels::{self, Conv2d, GroupNorm};
+use crate::kernels::{self, Conv2d, GroupNorm, Linear};
 
 /// Multi-head attention; `context` (cross-attention) or the input itself (self-attention)
 /// gives the keys and values.
@@ -31,10 +31,10 @@ impl CrossAttention {
         let inner = heads * dim_head;
         let context_dim = context_dim.unwrap_or(query_dim);
         Ok(Self {
-            to_q: linear_no_bias(query_dim, inner, vb.pp("to_q"))?,
-            to_k: linear_no_bias(context_dim, inner, vb.pp("to_k"))?,
-            to_v: linear_no_bias(context_dim, inner, vb.pp("to_v"))?,
-            to_out: linear(inner, query_dim, vb.pp("to_out.0"))?,
+            to_q: Linear::load(vb.pp("to_q"), query_dim, inner, false)?,
+            to_k: Linear::load(vb.pp("to_k"), context_dim, inner, false)?,
+            to_v: Linear::load(vb.pp("to_v"), context_dim, inner, false)?,
+            to_out: Linear::load(vb.pp("to_out.0"), inner, query_dim, true)?,
             heads,
             scale: 1.0 / (dim_head as f64).sqrt(),
         })
@@ -79,8 +79,8 @@ impl FeedForward {
     fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
         let inner = 4 * dim;
         Ok(Self {
-            proj_in: linear(dim, 2 * inner, vb.pp("net.0.proj"))?,
-            proj_out: linear(inner, dim, vb.pp("net.2"))?,
+            proj_in: Linear::load(vb.pp("net.0.proj"), dim, 2 * inner, true)?,
+            proj_out: Linear::load(vb.pp("net.2"), inner, dim, true)?,
         })
     }
 
@@ -162,7 +162,7 @@ impl SpatialTransformer {
     pub(crate) fn new(vb: VarBuilder, channels: usize, cfg: TransformerConfig) -> Result<Self> {
         let projection = |name: &str| -> Result<Projection> {
             Ok(if cfg.linear_projection {
-                Projection::Linear(linear(channels, channels, vb.pp(name))?)
+                Projection::Linear(Linear::load(vb.pp(name), channels, channels, true)?)
             } else {
                 Projection::Conv(Conv2d::load(vb.pp(name), channels, channels, 1, 1, 0)?)
             })
@@ -226,10 +226,10 @@ impl AttentionBlock {
         };
         Ok(Self {
             norm: GroupNorm::load(vb.pp("group_norm"), groups, channels, eps)?,
-            query: linear(channels, channels, vb.pp(q))?,
-            key: linear(channels, channels, vb.pp(k))?,
-            value: linear(channels, channels, vb.pp(v))?,
-            proj: linear(channels, channels, vb.pp(o))?,
+            query: Linear::load(vb.pp(q), channels, channels, true)?,
+            key: Linear::load(vb.pp(k), channels, channels, true)?,
+            value: Linear::load(vb.pp(v), channels, channels, true)?,
+            proj: Linear::load(vb.pp(o), channels, channels, true)?,
         })
     }
 

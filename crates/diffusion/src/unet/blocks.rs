@@ -3,10 +3,10 @@
 //! candle-transformers 0.11.1 (MIT/Apache-2.0) and routed through [`crate::kernels`].
 
 use candle_core::{D, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder, linear};
+use candle_nn::VarBuilder;
 
 use super::attention::{SpatialTransformer, TransformerConfig};
-use crate::kernels::{Conv2d, GroupNorm};
+use crate::kernels::{Conv2d, GroupNorm, Linear};
 
 /// diffusers' `ResnetBlock2D`: norm, SiLU, conv, (+ time embedding), norm, SiLU, conv,
 /// residual (through a 1×1 conv when the channel count changes).
@@ -44,7 +44,7 @@ impl ResnetBlock {
             None
         };
         let time_emb_proj = match cfg.temb_channels {
-            Some(t) => Some(linear(t, c_out, vb.pp("time_emb_proj"))?),
+            Some(t) => Some(Linear::load(vb.pp("time_emb_proj"), t, c_out, true)?),
             None => None,
         };
         Ok(Self {

@@ -7,12 +7,12 @@ pub(crate) mod attention;
 pub(crate) mod blocks;
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder, linear};
+use candle_nn::VarBuilder;
 
 use self::attention::TransformerConfig;
 use self::blocks::{DownBlock, MidBlock, ResnetConfig, UpBlock, UpChannels};
 use crate::config::UNetConfig;
-use crate::kernels::{Conv2d, GroupNorm};
+use crate::kernels::{Conv2d, GroupNorm, Linear};
 use crate::{DiffusionError, Result as CrateResult};
 
 /// Sinusoidal embedding of `t` (shape `[b]`) into `dim` channels, as diffusers' `Timesteps`.
@@ -49,8 +49,8 @@ struct TimestepEmbedding {
 impl TimestepEmbedding {
     fn new(vb: VarBuilder, c_in: usize, dim: usize) -> Result<Self> {
         Ok(Self {
-            linear_1: linear(c_in, dim, vb.pp("linear_1"))?,
-            linear_2: linear(dim, dim, vb.pp("linear_2"))?,
+            linear_1: Linear::load(vb.pp("linear_1"), c_in, dim, true)?,
+            linear_2: Linear::load(vb.pp("linear_2"), dim, dim, true)?,
         })
     }
 

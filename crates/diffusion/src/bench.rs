@@ -194,64 +194,38 @@ pub fn kernel_cases(filter: &str) -> Result<Vec<KernelCase>> {
     let mut cases = Vec::new();
     let keep = |name: &str| name.contains(filter);
 
-    for (c, hw, n) in [
-        (320, 64, 2),
-        (640, 32, 2),
-        (1280, 16, 2),
-        (1280, 8, 2),
-        (128, 512, 1),
-        (512, 128, 1),
+    // (batch, c_in, c_out, kernel, side): the UNet's 3×3 convs per level at batch 2, the VAE's
+    // at batch 1, and two 1×1 projections.
+    for (n, c_in, c_out, k, hw) in [
+        (2, 320, 320, 3, 64),
+        (2, 640, 640, 3, 32),
+        (2, 1280, 1280, 3, 16),
+        (2, 1280, 1280, 3, 8),
+        (1, 128, 128, 3, 512),
+        (1, 512, 512, 3, 128),
+        (1, 3, 128, 3, 512),
+        (1, 128, 3, 3, 512),
+        (1, 256, 128, 3, 512),
+        (2, 320, 320, 1, 64),
+        (2, 640, 1280, 1, 16),
     ] {
         let name = format!(
-            "{}conv3x3 {c}->{c} {hw}x{hw} b{n}",
+            "{}conv{k}x{k} {c_in}->{c_out} {hw}x{hw} b{n}",
             if n == 1 { "vae " } else { "" }
         );
         if !keep(&name) {
             continue;
         }
-        let x = randn(&[n, c, hw, hw])?;
-        let w = (randn(&[c, c, 3, 3])? * 0.02)?;
-        let b = randn(&[c])?;
-        let conv = Conv2d::new(w.clone(), Some(b.clone()), 1, 1);
-        let x2 = x.clone();
-        cases.push(KernelCase {
-            name,
-            fast: Box::new(move || Ok(conv.forward(&x)?)),
-            candle: Box::new(move || Ok(kernels::reference::conv2d(&x2, &w, Some(&b), 1, 1)?)),
-            others: Vec::new(),
-        });
-    }
-    for (c_in, c_out) in [(3, 128), (128, 3), (256, 128)] {
-        let name = format!("vae conv3x3 {c_in}->{c_out} 512x512 b1");
-        if !keep(&name) {
-            continue;
-        }
-        let x = randn(&[1, c_in, 512, 512])?;
-        let w = (randn(&[c_out, c_in, 3, 3])? * 0.02)?;
+        let pad = k / 2;
+        let x = randn(&[n, c_in, hw, hw])?;
+        let w = (randn(&[c_out, c_in, k, k])? * 0.02)?;
         let b = randn(&[c_out])?;
-        let conv = Conv2d::new(w.clone(), Some(b.clone()), 1, 1);
+        let conv = Conv2d::new(w.clone(), Some(b.clone()), 1, pad);
         let x2 = x.clone();
         cases.push(KernelCase {
             name,
             fast: Box::new(move || Ok(conv.forward(&x)?)),
-            candle: Box::new(move || Ok(kernels::reference::conv2d(&x2, &w, Some(&b), 1, 1)?)),
-            others: Vec::new(),
-        });
-    }
-    for (c_in, c_out, hw) in [(320, 320, 64), (640, 1280, 16)] {
-        let name = format!("conv1x1 {c_in}->{c_out} {hw}x{hw} b2");
-        if !keep(&name) {
-            continue;
-        }
-        let x = randn(&[2, c_in, hw, hw])?;
-        let w = (randn(&[c_out, c_in, 1, 1])? * 0.02)?;
-        let b = randn(&[c_out])?;
-        let conv = Conv2d::new(w.clone(), Some(b.clone()), 1, 0);
-        let x2 = x.clone();
-        cases.push(KernelCase {
-            name,
-            fast: Box::new(move || Ok(conv.forward(&x)?)),
-            candle: Box::new(move || Ok(kernels::reference::conv2d(&x2, &w, Some(&b), 1, 0)?)),
+            candle: Box::new(move || Ok(kernels::reference::conv2d(&x2, &w, Some(&b), 1, pad)?)),
             others: Vec::new(),
         });
     }

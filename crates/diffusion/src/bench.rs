@@ -71,9 +71,9 @@ impl Runner {
         let latent = resolution / 8;
         let dev = device.clone();
         let run: Box<dyn Fn() -> Result<Tensor>> = match component {
-            Component::Unet => unet_runner(vb, &arch.unet_config()?, latent, &dev)?,
+            Component::Unet => unet_runner(vb, &arch.unet_config(), latent, &dev)?,
             Component::VaeEnc | Component::VaeDec => {
-                let vae = Vae::new(vb, &arch.vae_config()?)?;
+                let vae = Vae::new(vb, &arch.vae_config())?;
                 if component == Component::VaeEnc {
                     let x = Tensor::randn(0f32, 1.0, (1, 3, resolution, resolution), &dev)?;
                     Box::new(move || Ok(vae.encode_mean(&x)?))
@@ -83,7 +83,7 @@ impl Runner {
                 }
             }
             Component::Clip => {
-                let config = arch.text_config()?;
+                let config = arch.text_config();
                 let model = ClipTextModel::new(vb, &config)?;
                 let ids: Vec<u32> = (0..77u32)
                     .map(|i| (i * 7919 + 13) % config.vocab_size as u32)

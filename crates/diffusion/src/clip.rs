@@ -339,11 +339,6 @@ impl ClipTextModelWithProjection {
         let (penultimate, pooled) = self.model.penultimate_and_pooled(ids)?;
         Ok((penultimate, self.text_projection.forward(&pooled)?))
     }
-
-    /// The text model without the projection.
-    pub fn text_model(&self) -> &ClipTextModel {
-        &self.model
-    }
 }
 
 fn causal_mask(n: usize, dtype: DType, device: &Device) -> Result<Tensor> {

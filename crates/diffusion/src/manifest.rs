@@ -28,28 +28,28 @@ pub enum Architecture {
 
 impl Architecture {
     /// The published UNet config of the architecture (for random weights).
-    pub fn unet_config(self) -> Result<UNetConfig> {
-        Ok(match self {
+    pub fn unet_config(self) -> UNetConfig {
+        match self {
             Architecture::Sd15 => UNetConfig::sd15_inpaint(),
             Architecture::Sd2 => UNetConfig::sd2_inpaint(),
             Architecture::Sdxl => UNetConfig::sdxl_inpaint(),
-        })
+        }
     }
 
     /// The published VAE config of the architecture.
-    pub fn vae_config(self) -> Result<VaeConfig> {
-        Ok(match self {
+    pub fn vae_config(self) -> VaeConfig {
+        match self {
             Architecture::Sd15 | Architecture::Sd2 => VaeConfig::sd(),
             Architecture::Sdxl => VaeConfig::sdxl(),
-        })
+        }
     }
 
     /// The published config of the (first) text encoder of the architecture.
-    pub fn text_config(self) -> Result<ClipTextConfig> {
-        Ok(match self {
+    pub fn text_config(self) -> ClipTextConfig {
+        match self {
             Architecture::Sd15 | Architecture::Sdxl => ClipTextConfig::vit_l14(),
             Architecture::Sd2 => ClipTextConfig::vit_h14(),
-        })
+        }
     }
 
     /// The published config of the second text encoder (with projection), for SDXL.
@@ -257,9 +257,7 @@ mod tests {
         for m in &all {
             assert!(m.files.iter().any(|f| f.starts_with("unet/")), "{}", m.name);
             assert!(m.defaults.steps > 0);
-            m.architecture.unet_config().unwrap().levels().unwrap();
-            m.architecture.vae_config().unwrap();
-            m.architecture.text_config().unwrap();
+            m.architecture.unet_config().levels().unwrap();
         }
     }
 

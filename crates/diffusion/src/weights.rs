@@ -43,8 +43,6 @@ struct RandomWeights {
     /// Hand out one zero broadcast to the shape instead (no memory): for counting only.
     shape_only: bool,
     count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    /// Names handed out: a layer may ask twice for one tensor (candle's VAE attention probes).
-    seen: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl SimpleBackend for RandomWeights {
@@ -56,15 +54,8 @@ impl SimpleBackend for RandomWeights {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        let new = self
-            .seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_string());
-        if new {
-            self.count
-                .fetch_add(s.elem_count(), std::sync::atomic::Ordering::Relaxed);
-        }
+        self.count
+            .fetch_add(s.elem_count(), std::sync::atomic::Ordering::Relaxed);
         if self.shape_only {
             return Tensor::zeros((), dtype, dev)?.broadcast_as(s);
         }

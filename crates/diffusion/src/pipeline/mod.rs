@@ -28,7 +28,6 @@ pub struct InpaintModel {
     vae: Vae,
     vae_config: VaeConfig,
     unet: UNet,
-    unet_config: UNetConfig,
     scheduler_config: SchedulerConfig,
     device: Device,
     dtype: DType,
@@ -104,7 +103,6 @@ impl InpaintModel {
             vae,
             vae_config,
             unet,
-            unet_config,
             scheduler_config,
             device: device.clone(),
             dtype,
@@ -119,10 +117,10 @@ impl InpaintModel {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
-        let unet_config = arch.unet_config()?;
-        let vae_config = arch.vae_config()?;
+        let unet_config = arch.unet_config();
+        let vae_config = arch.vae_config();
         let vb = || crate::weights::random_var_builder(dtype, device);
-        let text = TextConditioner::random(arch.text_config()?, arch.text_config_2(), &vb)?;
+        let text = TextConditioner::random(arch.text_config(), arch.text_config_2(), &vb)?;
         text.check(&unet_config)?;
         let vae_dtype = text.vae_dtype(&vae_config, dtype);
         Ok(InpaintModel {
@@ -133,7 +131,6 @@ impl InpaintModel {
             )?,
             vae_config,
             unet: UNet::new(vb(), &unet_config)?,
-            unet_config,
             scheduler_config: SchedulerConfig::default(),
             device: device.clone(),
             dtype,
@@ -154,7 +151,7 @@ impl InpaintModel {
 
     /// The UNet's configuration (from its config.json).
     pub fn unet_config(&self) -> &UNetConfig {
-        &self.unet_config
+        self.unet.config()
     }
 
     /// The device the model runs on.
@@ -177,13 +174,9 @@ impl InpaintModel {
         self.text.tokenize_2(text)
     }
 
-    /// What the UNet's cross-attention reads for a prompt (shape `[1, 77, D]`): the text
-    /// encoder's last hidden state, or for SDXL both encoders' penultimate ones side by side.
-    pub fn encode_prompt(&self, text: &str) -> Result<Tensor> {
-        Ok(self.text.encode(text, &self.device)?.context)
-    }
-
-    /// [`InpaintModel::encode_prompt`] and, for SDXL, the pooled text embedding.
+    /// What the UNet's cross-attention reads for a prompt (`context`, shape `[1, 77, D]`: the
+    /// text encoder's last hidden state, or for SDXL both encoders' penultimate ones side by
+    /// side) and, for SDXL, the pooled text embedding.
     pub fn encode_text(&self, text: &str) -> Result<TextEmbeddings> {
         self.text.encode(text, &self.device)
     }

@@ -324,7 +324,7 @@ impl TextConditioner {
                 let neg_ids = Tensor::from_vec(neg_ids, (1, k), device)?;
                 Some(AddedConditions {
                     text_embeds: rows(neg_pooled, pooled)?,
-                    time_ids: rows(guidance.then_some(&neg_ids), &ids)?.to_dtype(DType::F32)?,
+                    time_ids: rows(guidance.then_some(&neg_ids), &ids)?,
                 })
             }
             _ => None,
@@ -346,21 +346,19 @@ mod tests {
         for arch in [Architecture::Sd15, Architecture::Sd2, Architecture::Sdxl] {
             let vb = || shape_only_var_builder_counted(DType::F32, &Device::Cpu).0;
             let text =
-                TextConditioner::random(arch.text_config().unwrap(), arch.text_config_2(), &vb)
-                    .unwrap();
-            text.check(&arch.unet_config().unwrap()).unwrap();
+                TextConditioner::random(arch.text_config(), arch.text_config_2(), &vb).unwrap();
+            text.check(&arch.unet_config()).unwrap();
             assert_eq!(text.sdxl.is_some(), arch == Architecture::Sdxl);
         }
         // A refiner-style option without the matching UNet is refused.
         let vb = || shape_only_var_builder_counted(DType::F32, &Device::Cpu).0;
         let arch = Architecture::Sdxl;
         let mut text =
-            TextConditioner::random(arch.text_config().unwrap(), arch.text_config_2(), &vb)
-                .unwrap();
+            TextConditioner::random(arch.text_config(), arch.text_config_2(), &vb).unwrap();
         if let Some(second) = &mut text.sdxl {
             second.options.requires_aesthetics_score = true;
         }
-        let e = text.check(&arch.unet_config().unwrap()).unwrap_err();
+        let e = text.check(&arch.unet_config()).unwrap_err();
         assert!(e.to_string().contains("requires_aesthetics_score"), "{e}");
     }
 }

@@ -272,6 +272,46 @@ fn parse_side_ratio(s: &str) -> Result<f64, String> {
     }
 }
 
+/// Which backend generates: a weight-free one (--backend) or a diffusion model (--model,
+/// --model-dir). Shared by `expand`, `batch` and `serve`.
+#[derive(Debug, Args)]
+pub struct BackendArgs {
+    /// Backend that generates the new pixels when no model is chosen: infill (weight-free
+    /// PatchMatch: continues the photo's own textures, needs no download), or edge (repeats the
+    /// border pixels outwards: instant but streaky; a baseline, and for load tests).
+    #[arg(long, env = "OUTPAINT_BACKEND", value_name = "NAME", default_value = InfillBackend::NAME)]
+    pub backend: String,
+
+    /// Generate with this Stable Diffusion inpainting model (see `outpaint models list`) from the
+    /// Hugging Face cache, instead of --backend. `serve` loads it once, keeps it resident and
+    /// makes it the default; a request's `model` field can still pick infill or edge. A model
+    /// that is not installed is an error, never a silent fallback: `outpaint models pull NAME`.
+    #[arg(
+        long,
+        env = "OUTPAINT_MODEL",
+        value_name = "NAME",
+        conflicts_with = "model_dir"
+    )]
+    pub model: Option<String>,
+
+    /// Like --model, from a local diffusers-layout folder (unet/, vae/, text_encoder/,
+    /// tokenizer/, scheduler/).
+    #[arg(long, env = "OUTPAINT_MODEL_DIR", value_name = "PATH")]
+    pub model_dir: Option<PathBuf>,
+}
+
+impl BackendArgs {
+    /// The backend the flags choose: the model's name with --model or --model-dir, else
+    /// --backend.
+    pub fn name(&self) -> String {
+        match (&self.model, &self.model_dir) {
+            (Some(name), _) => name.clone(),
+            (None, Some(dir)) => crate::models::dir_model_name(dir),
+            (None, None) => self.backend.clone(),
+        }
+    }
+}
+
 /// What to generate, besides the geometry.
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Generation")]
@@ -296,27 +336,8 @@ pub struct GenerationArgs {
     #[arg(long, value_name = "TEXT")]
     pub negative_prompt: Option<String>,
 
-    /// Backend that generates the new pixels: infill (weight-free PatchMatch: continues the
-    /// photo's own textures, needs no download), or edge (repeats the border pixels outwards:
-    /// instant but streaky; a baseline, and for load tests).
-    #[arg(long, env = "OUTPAINT_BACKEND", value_name = "NAME", default_value = InfillBackend::NAME)]
-    pub backend: String,
-
-    /// Generate with a Stable Diffusion inpainting model (see `outpaint models list`), from the
-    /// Hugging Face cache; replaces --backend. A model that is not installed is an error (never
-    /// a silent fallback): `outpaint models pull NAME` installs it.
-    #[arg(
-        long,
-        env = "OUTPAINT_MODEL",
-        value_name = "NAME",
-        conflicts_with = "model_dir"
-    )]
-    pub model: Option<String>,
-
-    /// Generate with the diffusers-layout inpainting model in this folder (unet/, vae/,
-    /// text_encoder/, tokenizer/, scheduler/); replaces --backend.
-    #[arg(long, value_name = "PATH")]
-    pub model_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub backend: BackendArgs,
 
     /// Denoising steps of a model [default: the model's, usually 30].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=500))]
@@ -337,16 +358,6 @@ pub struct GenerationArgs {
 }
 
 impl GenerationArgs {
-    /// The backend the flags choose: the model's name with --model or --model-dir, else
-    /// --backend.
-    pub fn backend_name(&self) -> String {
-        match (&self.model, &self.model_dir) {
-            (Some(name), _) => name.clone(),
-            (None, Some(dir)) => crate::models::dir_model_name(dir),
-            (None, None) => self.backend.clone(),
-        }
-    }
-
     /// The engine options these flags describe, for results in `format`.
     pub fn options(&self, format: OutputFormat) -> ExpandOptions {
         ExpandOptions {
@@ -354,7 +365,7 @@ impl GenerationArgs {
             seed: self.seed,
             prompt: self.prompt.clone(),
             negative_prompt: self.negative_prompt.clone(),
-            backend: Some(self.backend_name()),
+            backend: Some(self.backend.name()),
             output_format: format,
             steps: self.steps,
             guidance_scale: self.guidance_scale,

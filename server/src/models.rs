@@ -13,7 +13,7 @@ use outpaint_engine::diffusion::{DiffusionSettings, default_device};
 use outpaint_engine::{DiffusionBackend, Engine};
 use serde_json::json;
 
-use crate::cli::{BenchArgs, GenerationArgs, ModelsCommand};
+use crate::cli::{BackendArgs, BenchArgs, GenerationArgs, ModelsCommand};
 
 /// The backend name of a `--model-dir` model: the folder's name.
 pub fn dir_model_name(dir: &Path) -> String {
@@ -27,34 +27,27 @@ pub fn dir_model_name(dir: &Path) -> String {
 pub fn register(engine: &mut Engine, args: &GenerationArgs) -> Result<()> {
     register_model(
         engine,
-        args.model.as_deref(),
-        args.model_dir.as_deref(),
+        &args.backend,
         args.scheduler.as_deref(),
         args.strength,
     )
     .map(|_| ())
 }
 
-/// Loads a model by manifest name or from a diffusers folder, registers it on `engine` and
-/// returns its backend name; `Ok(None)` when neither is given. Never falls back to another
-/// backend: a model that is not installed is an error naming the pull command.
+/// Loads the model that --model or --model-dir names, registers it on `engine` and returns
+/// its backend name; `Ok(None)` when neither is given. Never falls back to another backend: a
+/// model that is not installed is an error naming the pull command.
 pub fn register_model(
     engine: &mut Engine,
-    model: Option<&str>,
-    model_dir: Option<&Path>,
+    args: &BackendArgs,
     scheduler: Option<&str>,
     strength: f64,
 ) -> Result<Option<String>> {
-    let (name, dir, mut settings) = match (model, model_dir) {
+    let (name, dir, manifest) = match (&args.model, &args.model_dir) {
         (Some(name), _) => {
             let manifest = Manifest::find(name)?;
             let dir = ModelStore::from_env().locate(&manifest)?;
-            let mut settings = DiffusionSettings::from_manifest(&manifest);
-            // The weights' own native size wins (it equals the manifest's for real models).
-            if let Some(resolution) = folder_resolution(&dir) {
-                settings.resolution = resolution;
-            }
-            (name.to_string(), dir, settings)
+            (name.clone(), dir, manifest)
         }
         (None, Some(dir)) => {
             // A folder's defaults are those of its architecture's built-in model.
@@ -63,16 +56,20 @@ pub fn register_model(
             } else {
                 "sd15-inpaint"
             };
-            let manifest = Manifest::find(base)?;
-            let mut settings = DiffusionSettings::from_manifest(&manifest);
-            // A folder's native resolution is its UNet's sample size times the VAE's factor.
-            if let Some(resolution) = folder_resolution(dir) {
-                settings.resolution = resolution;
-            }
-            (dir_model_name(dir), dir.to_path_buf(), settings)
+            (
+                dir_model_name(dir),
+                dir.to_path_buf(),
+                Manifest::find(base)?,
+            )
         }
         (None, None) => return Ok(None),
     };
+    let mut settings = DiffusionSettings::from_manifest(&manifest);
+    // The weights' own native size wins: the UNet's sample size times the VAE's factor (it
+    // equals the manifest's for the real models).
+    if let Some(resolution) = folder_resolution(&dir) {
+        settings.resolution = resolution;
+    }
     if let Some(s) = scheduler {
         settings.scheduler = s.parse()?;
     }

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
-use crate::cli::LimitsArgs;
+use crate::cli::{BackendArgs, LimitsArgs};
 
 /// Flags of `outpaint serve`.
 #[derive(Debug, Args)]
@@ -203,30 +203,8 @@ pub struct ServeArgs {
           value_name = "BOOL")]
     pub durable_commits: bool,
 
-    /// Backend that generates when a request names no `model`: infill (weight-free PatchMatch)
-    /// or edge (repeats the border pixels; instant, for load tests).
-    #[arg(
-        long,
-        env = "OUTPAINT_BACKEND",
-        value_name = "NAME",
-        default_value = "infill"
-    )]
-    pub backend: String,
-
-    /// Load this diffusion model (see `outpaint models list`) once at start, keep it resident,
-    /// and make it the default; a request's `model` field can still pick infill or edge. Not
-    /// installed is an error at start (`outpaint models pull NAME`), never a fallback.
-    #[arg(
-        long,
-        env = "OUTPAINT_MODEL",
-        value_name = "NAME",
-        conflicts_with = "model_dir"
-    )]
-    pub model: Option<String>,
-
-    /// Like --model, from a local diffusers-layout folder.
-    #[arg(long, env = "OUTPAINT_MODEL_DIR", value_name = "PATH")]
-    pub model_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub backend: BackendArgs,
 
     /// Log format on stderr: human (coloured on a terminal) or json (one object per line).
     #[arg(

@@ -31,23 +31,22 @@ pub fn register(engine: &mut Engine, args: &GenerationArgs) -> Result<()> {
         args.scheduler.as_deref(),
         args.strength,
     )
-    .map(|_| ())
 }
 
-/// Loads the model that --model or --model-dir names, registers it on `engine` and returns
-/// its backend name; `Ok(None)` when neither is given. Never falls back to another backend: a
-/// model that is not installed is an error naming the pull command.
+/// Loads the model that --model or --model-dir names (if any) and registers it on `engine`
+/// under [`BackendArgs::name`]. Never falls back to another backend: a model that is not
+/// installed is an error naming the pull command.
 pub fn register_model(
     engine: &mut Engine,
     args: &BackendArgs,
     scheduler: Option<&str>,
     strength: f64,
-) -> Result<Option<String>> {
-    let (name, dir, manifest) = match (&args.model, &args.model_dir) {
+) -> Result<()> {
+    let (dir, manifest) = match (&args.model, &args.model_dir) {
         (Some(name), _) => {
             let manifest = Manifest::find(name)?;
             let dir = ModelStore::from_env().locate(&manifest)?;
-            (name.clone(), dir, manifest)
+            (dir, manifest)
         }
         (None, Some(dir)) => {
             // A folder's defaults are those of its architecture's built-in model.
@@ -56,13 +55,9 @@ pub fn register_model(
             } else {
                 "sd15-inpaint"
             };
-            (
-                dir_model_name(dir),
-                dir.to_path_buf(),
-                Manifest::find(base)?,
-            )
+            (dir.to_path_buf(), Manifest::find(base)?)
         }
-        (None, None) => return Ok(None),
+        (None, None) => return Ok(()),
     };
     let mut settings = DiffusionSettings::from_manifest(&manifest);
     // The weights' own native size wins: the UNet's sample size times the VAE's factor (it
@@ -77,10 +72,10 @@ pub fn register_model(
         bail!("--strength must be in (0, 1], got {strength}");
     }
     settings.strength = strength;
-    let backend = DiffusionBackend::load(name.clone(), &dir, settings)
+    let backend = DiffusionBackend::load(args.name(), &dir, settings)
         .with_context(|| format!("cannot load the model in {}", dir.display()))?;
     engine.register(backend);
-    Ok(Some(name))
+    Ok(())
 }
 
 /// `sample_size × 2^(levels-1)` from a diffusers folder's configs.

@@ -68,8 +68,8 @@ async fn serve(args: &ServeArgs) -> Result<()> {
     let limits = Limits::from(&args.limits);
     let max_file_bytes = limits.max_file_bytes;
     let mut engine = Engine::new(limits);
-    let model = crate::models::register_model(&mut engine, &args.backend, None, 1.0)?;
-    let default = model.unwrap_or_else(|| args.backend.backend.clone());
+    crate::models::register_model(&mut engine, &args.backend, None, 1.0)?;
+    let default = args.backend.name();
     engine
         .set_default_backend(&default)
         .with_context(|| format!("--backend {default}"))?;

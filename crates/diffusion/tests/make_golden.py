@@ -158,32 +158,13 @@ def build(name, use_linear_projection, hidden_act, pad, prediction):
             os.remove(p)
     pipe.set_progress_bar_config(disable=True)
 
-    # Fixed inputs.
-    g = torch.Generator().manual_seed(42)
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, H), torch.linspace(0, 1, W), indexing="ij")
-    image = torch.stack([xx, yy, (xx * yy) ** 0.5])[None]  # shape: [1, 3, H, W], in [0, 1]
-    image = (image * 0.8 + 0.2 * torch.rand(1, 3, H, W, generator=g)).clamp(0, 1)
-    mask = torch.zeros(1, 1, H, W)
-    mask[..., :, 30:] = 1.0  # generate the right part
-    mask[..., 26:, :] = 1.0  # and a bottom strip
-    latents = torch.randn(1, 4, H // 2, W // 2, generator=g)
-    euler_noise = torch.randn(STEPS, 1, 4, H // 2, W // 2, generator=g)
+    image, mask, latents, euler_noise = fixed_inputs()
 
-    ids = tokenizer(PROMPT, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-    neg_ids = tokenizer(NEGATIVE, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    ids, neg_ids = token_ids(tokenizer, PROMPT), token_ids(tokenizer, NEGATIVE)
     with torch.no_grad():
         text_emb = text_encoder(ids)[0]
 
-    inpaint_mod.retrieve_latents = lambda enc, generator=None, sample_mode="sample": enc.latent_dist.mode()
-    noises = []
-
-    def fake_randn(shape, generator=None, device=None, dtype=None, layout=None):
-        n = euler_noise[len(noises)].to(dtype=dtype)
-        noises.append(n)
-        assert tuple(n.shape) == tuple(shape)
-        return n
-
-    euler_mod.randn_tensor = fake_randn
+    noises = fix_randomness(inpaint_mod, euler_noise)
 
     def run(scheduler):
         pipe.scheduler = scheduler
@@ -225,6 +206,28 @@ def fixed_inputs():
     latents = torch.randn(1, 4, H // 2, W // 2, generator=g)
     euler_noise = torch.randn(STEPS, 1, 4, H // 2, W // 2, generator=g)
     return image, mask, latents, euler_noise
+
+
+def token_ids(tokenizer, text):
+    """The 77 padded token ids of `text`, as the pipelines take them."""
+    return tokenizer(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+
+
+def fix_randomness(pipeline_module, euler_noise):
+    """Makes the pipeline deterministic: the VAE encode takes the posterior's mode, and
+    Euler-ancestral's step noise is `euler_noise`, one step after the other. Returns the list of
+    noises handed out, to check that every step took one."""
+    pipeline_module.retrieve_latents = lambda enc, generator=None, sample_mode="sample": enc.latent_dist.mode()
+    noises = []
+
+    def fake_randn(shape, generator=None, device=None, dtype=None, layout=None):
+        n = euler_noise[len(noises)].to(dtype=dtype)
+        noises.append(n)
+        assert tuple(n.shape) == tuple(shape)
+        return n
+
+    euler_mod.randn_tensor = fake_randn
+    return noises
 
 
 def build_sdxl():
@@ -280,23 +283,12 @@ def build_sdxl():
     pipe.set_progress_bar_config(disable=True)
 
     image, mask, latents, euler_noise = fixed_inputs()
-    tok = lambda t, text: t(text, padding="max_length", max_length=77, truncation=True,
-                            return_tensors="pt").input_ids
-    ids, ids_2 = tok(tokenizer, PROMPT), tok(tokenizer_2, PROMPT)
-    neg_ids, neg_ids_2 = tok(tokenizer, NEGATIVE), tok(tokenizer_2, NEGATIVE)
+    ids, ids_2 = token_ids(tokenizer, PROMPT), token_ids(tokenizer_2, PROMPT)
+    neg_ids, neg_ids_2 = token_ids(tokenizer, NEGATIVE), token_ids(tokenizer_2, NEGATIVE)
     with torch.no_grad():
         prompt_embeds, _, pooled, _ = pipe.encode_prompt(PROMPT, device="cpu", do_classifier_free_guidance=False)
 
-    xl_inpaint_mod.retrieve_latents = lambda enc, generator=None, sample_mode="sample": enc.latent_dist.mode()
-    noises = []
-
-    def fake_randn(shape, generator=None, device=None, dtype=None, layout=None):
-        n = euler_noise[len(noises)].to(dtype=dtype)
-        noises.append(n)
-        assert tuple(n.shape) == tuple(shape)
-        return n
-
-    euler_mod.randn_tensor = fake_randn
+    noises = fix_randomness(xl_inpaint_mod, euler_noise)
     # What the UNet is called with: checks that the conditioning took the intended branches.
     seen = []
     real_forward = unet.forward

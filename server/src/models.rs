@@ -2,13 +2,12 @@
 //! `outpaint models list|pull`, and `outpaint bench`.
 
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use outpaint_diffusion::InpaintModel;
 use outpaint_diffusion::bench::{Component, Runner};
 use outpaint_diffusion::manifest::{Manifest, ModelStore};
-use outpaint_diffusion::{Device, InpaintModel, InpaintParams, SchedulerKind, Tensor};
 use outpaint_engine::diffusion::{DiffusionSettings, default_device};
 use outpaint_engine::{DiffusionBackend, Engine};
 use serde_json::json;
@@ -136,57 +135,34 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let (device, dtype) = default_device();
     let threads = std::env::var("RAYON_NUM_THREADS").ok();
     let started = Instant::now();
-    let mut params = None;
-    let run: Box<dyn Fn() -> Result<(f32, Vec<usize>)>> = if args.component == "pipeline" {
+    let runner = if args.component == "pipeline" {
         let model = if args.random_weights {
             InpaintModel::random(manifest.architecture, &device, dtype)?
         } else {
             InpaintModel::load(&ModelStore::from_env().locate(&manifest)?, &device, dtype)?
         };
-        let r = manifest.resolution as usize;
-        let image = Tensor::full(0.5f32, (1, 3, r, r), &Device::Cpu)?;
-        let mask = Tensor::ones((1, 1, r, r), outpaint_diffusion::DType::F32, &Device::Cpu)?;
-        let steps = args.steps as usize;
-        Box::new(move || {
-            let params = InpaintParams {
-                prompt: "a photo",
-                steps,
-                scheduler: SchedulerKind::Ddim,
-                ..InpaintParams::default()
-            };
-            let y = model.inpaint(
-                &image,
-                &mask,
-                &params,
-                &mut |_, _| {},
-                &AtomicBool::new(false),
-            )?;
-            let mean = y.abs()?.mean_all()?.to_scalar::<f32>()?;
-            Ok((mean, y.dims().to_vec()))
-        })
+        Runner::pipeline(model, manifest.resolution as usize, args.steps as usize)?
     } else {
         let component: Component = args.component.parse()?;
         if !args.random_weights {
             bail!("bench {} needs --random-weights for now", args.component);
         }
-        let runner = Runner::random(
+        Runner::random(
             component,
             manifest.architecture,
             manifest.resolution as usize,
             &device,
-        )?;
-        params = Some(runner.params());
-        Box::new(move || Ok(runner.run()?))
+        )?
     };
     println!(
         "{}",
         json!({"event": "ready", "fw": "candle", "component": args.component, "model": manifest.name,
-               "threads": threads, "params": params, "build_s": round(started.elapsed().as_secs_f64())})
+               "threads": threads, "params": runner.params(), "build_s": round(started.elapsed().as_secs_f64())})
     );
     // One timed run, printed as torch_reference.py prints it.
     let timed = |event: &str| -> Result<f64> {
         let t = Instant::now();
-        let (mean_abs, shape) = run()?;
+        let (mean_abs, shape) = runner.run()?;
         let dt = t.elapsed().as_secs_f64();
         println!(
             "{}",

@@ -1,6 +1,8 @@
 //! Components of an architecture built from its published config with random weights, run on
 //! the shapes of `shared/perf/torch_reference.py`, for side-by-side timing with PyTorch.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use candle_core::{DType, Device, Tensor};
 
 use candle_nn::VarBuilder;
@@ -8,6 +10,8 @@ use candle_nn::VarBuilder;
 use crate::clip::ClipTextModel;
 use crate::config::UNetConfig;
 use crate::manifest::Architecture;
+use crate::pipeline::{InpaintModel, InpaintParams};
+use crate::scheduler::SchedulerKind;
 use crate::unet::{AddedConditions, UNet};
 use crate::vae::Vae;
 use crate::weights::{random_var_builder_counted, shape_only_var_builder_counted};
@@ -49,7 +53,7 @@ impl std::str::FromStr for Component {
 /// A built component with its fixed input, ready to run repeatedly.
 pub struct Runner {
     run: Box<dyn Fn() -> Result<Tensor>>,
-    params: usize,
+    params: Option<usize>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -92,8 +96,31 @@ impl Runner {
                 Box::new(move || model.forward(&ids))
             }
         };
-        let params = count.load(std::sync::atomic::Ordering::Relaxed);
+        let params = Some(count.load(Ordering::Relaxed));
         Ok(Runner { run, params })
+    }
+
+    /// A whole inpainting with `model`: a `resolution`² grey image, every pixel masked, one
+    /// variation, `steps` DDIM steps with guidance (what `outpaint bench pipeline` times).
+    pub fn pipeline(model: InpaintModel, resolution: usize, steps: usize) -> Result<Self> {
+        let image = Tensor::full(0.5f32, (1, 3, resolution, resolution), &Device::Cpu)?;
+        let mask = Tensor::ones((1, 1, resolution, resolution), DType::F32, &Device::Cpu)?;
+        let run = Box::new(move || {
+            let params = InpaintParams {
+                prompt: "a photo",
+                steps,
+                scheduler: SchedulerKind::Ddim,
+                ..InpaintParams::default()
+            };
+            model.inpaint(
+                &image,
+                &mask,
+                &params,
+                &mut |_, _| {},
+                &AtomicBool::new(false),
+            )
+        });
+        Ok(Runner { run, params: None })
     }
 
     /// A UNet of any config (tiny ones in tests) on a `latent`² input, as
@@ -101,12 +128,13 @@ impl Runner {
     pub fn unet(config: &UNetConfig, latent: usize, device: &Device) -> Result<Self> {
         let (vb, count) = random_var_builder_counted(DType::F32, device);
         let run = unet_runner(vb, config, latent, device)?;
-        let params = count.load(std::sync::atomic::Ordering::Relaxed);
+        let params = Some(count.load(Ordering::Relaxed));
         Ok(Runner { run, params })
     }
 
-    /// Number of parameters the component was built with (compare with PyTorch's `params`).
-    pub fn params(&self) -> usize {
+    /// Number of parameters the component was built with (compare with PyTorch's `params`);
+    /// not counted for a whole pipeline.
+    pub fn params(&self) -> Option<usize> {
         self.params
     }
 
@@ -157,7 +185,7 @@ fn unet_runner(
 pub fn unet_parameters(config: &UNetConfig) -> Result<usize> {
     let (vb, count) = shape_only_var_builder_counted(DType::F32, &Device::Cpu);
     UNet::new(vb, config)?;
-    Ok(count.load(std::sync::atomic::Ordering::Relaxed))
+    Ok(count.load(Ordering::Relaxed))
 }
 
 /// A timed closure.
@@ -367,9 +395,9 @@ mod tests {
     fn sd15_text_encoder_and_vae_have_diffusers_parameter_counts() {
         let dev = Device::Cpu;
         let clip = Runner::random(Component::Clip, Architecture::Sd15, 512, &dev).unwrap();
-        assert_eq!(clip.params(), 123_060_480);
+        assert_eq!(clip.params(), Some(123_060_480));
         let vae = Runner::random(Component::VaeDec, Architecture::Sd15, 512, &dev).unwrap();
-        assert_eq!(vae.params(), 83_653_863);
+        assert_eq!(vae.params(), Some(83_653_863));
     }
 
     /// The SDXL inpainting UNet and text encoders match diffusers' and transformers'

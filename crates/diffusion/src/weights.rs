@@ -42,7 +42,7 @@ pub fn mmap_var_builder(path: &Path, dtype: DType, device: &Device) -> Result<Va
 struct RandomWeights {
     /// Hand out one zero broadcast to the shape instead (no memory): for counting only.
     shape_only: bool,
-    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    count: ParamCount,
 }
 
 impl SimpleBackend for RandomWeights {
@@ -88,20 +88,15 @@ pub fn random_var_builder(dtype: DType, device: &Device) -> VarBuilder<'static> 
     random_var_builder_counted(dtype, device).0
 }
 
+/// How many parameters a [`RandomWeights`] builder has handed out so far.
+pub type ParamCount = std::sync::Arc<std::sync::atomic::AtomicUsize>;
+
 /// [`random_var_builder`], and a counter of the parameters it has handed out.
 pub fn random_var_builder_counted(
     dtype: DType,
     device: &Device,
-) -> (
-    VarBuilder<'static>,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) {
-    let backend = RandomWeights::default();
-    let count = backend.count.clone();
-    (
-        VarBuilder::from_backend(Box::new(backend), dtype, device.clone()),
-        count,
-    )
+) -> (VarBuilder<'static>, ParamCount) {
+    counted(RandomWeights::default(), dtype, device)
 }
 
 /// A VarBuilder whose tensors are one zero broadcast to each requested shape: builds a model
@@ -109,14 +104,19 @@ pub fn random_var_builder_counted(
 pub fn shape_only_var_builder_counted(
     dtype: DType,
     device: &Device,
-) -> (
-    VarBuilder<'static>,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) {
+) -> (VarBuilder<'static>, ParamCount) {
     let backend = RandomWeights {
         shape_only: true,
         ..RandomWeights::default()
     };
+    counted(backend, dtype, device)
+}
+
+fn counted(
+    backend: RandomWeights,
+    dtype: DType,
+    device: &Device,
+) -> (VarBuilder<'static>, ParamCount) {
     let count = backend.count.clone();
     (
         VarBuilder::from_backend(Box::new(backend), dtype, device.clone()),

@@ -89,10 +89,7 @@ impl Runner {
             Component::Clip => {
                 let config = arch.text_config();
                 let model = ClipTextModel::new(vb, &config)?;
-                let ids: Vec<u32> = (0..77u32)
-                    .map(|i| (i * 7919 + 13) % config.vocab_size as u32)
-                    .collect();
-                let ids = Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?;
+                let ids = Tensor::new(config.placeholder_ids().as_slice(), &dev)?.unsqueeze(0)?;
                 Box::new(move || model.forward(&ids))
             }
         };

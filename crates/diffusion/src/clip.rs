@@ -58,6 +58,15 @@ fn default_eos() -> u32 {
 }
 
 impl ClipTextConfig {
+    /// Fixed token ids standing in for a prompt where there is no tokenizer (random weights):
+    /// a full sequence, as shared/perf/torch_reference.py makes its ids.
+    pub(crate) fn placeholder_ids(&self) -> Vec<u32> {
+        let v = self.vocab_size as u32;
+        (0..self.max_position_embeddings as u32)
+            .map(|i| (i * 7919 + 13) % v)
+            .collect()
+    }
+
     /// CLIP ViT-L/14's text model (SD 1.x), from
     /// <https://huggingface.co/openai/clip-vit-large-patch14/blob/main/config.json>.
     pub fn vit_l14() -> Self {

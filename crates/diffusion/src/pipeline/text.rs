@@ -43,13 +43,7 @@ impl Tokens {
     pub(crate) fn encode(&self, text: &str) -> Result<Vec<u32>> {
         match &self.tokenizer {
             Some(t) => t.encode(text),
-            // As shared/perf/torch_reference.py makes its ids.
-            None => {
-                let v = self.config.vocab_size as u32;
-                Ok((0..self.config.max_position_embeddings as u32)
-                    .map(|i| (i * 7919 + 13) % v)
-                    .collect())
-            }
+            None => Ok(self.config.placeholder_ids()),
         }
     }
 

@@ -32,21 +32,9 @@ fn geglu_rows_kernel<S: Simd>(s: S, x: &[f32], out: &mut [f32], m: usize) {
             let k = (m - j).min(S::LANES);
             // SAFETY: `k` values remain from `j` in `h`, `g` and `out` (each of length `m`).
             unsafe {
-                let (hv, gv) = if k == S::LANES {
-                    (s.load(h.as_ptr().add(j)), s.load(g.as_ptr().add(j)))
-                } else {
-                    (
-                        s.load_n(h.as_ptr().add(j), k),
-                        s.load_n(g.as_ptr().add(j), k),
-                    )
-                };
-                let y = gelu(s, gv);
-                let y = s.mul(hv, y);
-                if k == S::LANES {
-                    s.store(out.as_mut_ptr().add(j), y);
-                } else {
-                    s.store_n(out.as_mut_ptr().add(j), y, k);
-                }
+                let hv = s.load_n(h.as_ptr().add(j), k);
+                let gv = s.load_n(g.as_ptr().add(j), k);
+                s.store_n(out.as_mut_ptr().add(j), s.mul(hv, gelu(s, gv)), k);
             }
             j += k;
         }

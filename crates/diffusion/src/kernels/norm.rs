@@ -124,20 +124,12 @@ fn group_kernel<S: Simd>(
             let k = (spatial - j).min(S::LANES);
             // SAFETY: `k` values remain from `j` in `x` and `out` (both of length `spatial`).
             unsafe {
-                let v = if k == S::LANES {
-                    s.load(x.as_ptr().add(j))
-                } else {
-                    s.load_n(x.as_ptr().add(j), k)
-                };
+                let v = s.load_n(x.as_ptr().add(j), k);
                 let mut y = s.fma(s.sub(s.sub(v, mv), mlo), av, bv);
                 if silu {
                     y = silu_v(s, y);
                 }
-                if k == S::LANES {
-                    s.store(out.as_mut_ptr().add(j), y);
-                } else {
-                    s.store_n(out.as_mut_ptr().add(j), y, k);
-                }
+                s.store_n(out.as_mut_ptr().add(j), y, k);
             }
             j += k;
         }

@@ -44,12 +44,16 @@ pub(crate) trait Simd: Copy + Send + Sync {
     fn reduce_sum(self, a: Self::V) -> f32;
     fn reduce_max(self, a: Self::V) -> f32;
 
-    /// Loads the first `n < LANES` values at `p`, zeros in the other lanes.
+    /// Loads the first `n ≤ LANES` values at `p`, zeros in the other lanes.
     ///
     /// # Safety
     /// `p..p + n` must be readable.
     #[inline(always)]
     unsafe fn load_n(self, p: *const f32, n: usize) -> Self::V {
+        if n == Self::LANES {
+            // SAFETY: as the caller guarantees.
+            return unsafe { self.load(p) };
+        }
         let mut buf = [0f32; 16];
         debug_assert!(n <= Self::LANES && Self::LANES <= 16);
         // SAFETY: the caller guarantees `n` readable values at `p`; `buf` holds 16 ≥ LANES.
@@ -59,12 +63,16 @@ pub(crate) trait Simd: Copy + Send + Sync {
         }
     }
 
-    /// Stores the first `n < LANES` lanes of `v` at `p`.
+    /// Stores the first `n ≤ LANES` lanes of `v` at `p`.
     ///
     /// # Safety
     /// `p..p + n` must be writable.
     #[inline(always)]
     unsafe fn store_n(self, p: *mut f32, v: Self::V, n: usize) {
+        if n == Self::LANES {
+            // SAFETY: as the caller guarantees.
+            return unsafe { self.store(p, v) };
+        }
         let mut buf = [0f32; 16];
         debug_assert!(n <= Self::LANES && Self::LANES <= 16);
         // SAFETY: `buf` holds 16 ≥ LANES values; the caller guarantees `n` writable at `p`.

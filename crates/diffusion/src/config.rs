@@ -161,8 +161,6 @@ impl UNetConfig {
     /// <https://huggingface.co/diffusers/stable-diffusion-xl-1.0-inpainting-0.1/blob/main/unet/config.json>.
     pub fn sdxl_inpaint() -> Self {
         UNetConfig {
-            in_channels: 9,
-            out_channels: 4,
             block_out_channels: vec![320, 640, 1280],
             down_block_types: [
                 "DownBlock2D",
@@ -172,22 +170,14 @@ impl UNetConfig {
             .into_iter()
             .map(String::from)
             .collect(),
-            layers_per_block: 2,
             attention_head_dim: PerBlock::Each(vec![5, 10, 20]),
-            num_attention_heads: None,
             cross_attention_dim: PerBlock::All(2048),
             transformer_layers_per_block: PerBlock::Each(vec![1, 2, 10]),
             use_linear_projection: true,
-            norm_num_groups: 32,
-            norm_eps: 1e-5,
-            flip_sin_to_cos: true,
-            freq_shift: 0.0,
-            downsample_padding: 1,
-            mid_block_scale_factor: 1.0,
-            center_input_sample: false,
             addition_embed_type: Some("text_time".into()),
             addition_time_embed_dim: Some(256),
             projection_class_embeddings_input_dim: Some(2816),
+            ..Self::sd15_inpaint()
         }
     }
 

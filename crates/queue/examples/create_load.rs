@@ -11,7 +11,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use outpaint_queue::{Admission, CallbackRenderer, NewTask, SqliteOptions, SqliteStore, Store};
+use outpaint_queue::{
+    Admission, CallbackRenderer, Models, NewTask, SqliteOptions, SqliteStore, TaskStore,
+};
 
 #[tokio::main]
 async fn main() {
@@ -46,7 +48,7 @@ async fn main() {
             let store = Arc::clone(&store);
             tokio::spawn(async move {
                 loop {
-                    match store.claim(Duration::from_secs(60), 3).await.unwrap() {
+                    match store.claim(&Models::Any, Duration::from_secs(60), 3).await.unwrap() {
                         Some(claimed) => {
                             store.succeed(&claimed.lease, "{}".into()).await.unwrap();
                         }
@@ -67,6 +69,7 @@ async fn main() {
                             account: format!("account-{}", c % 8),
                             external_task_id: Some(format!("ext-{c}-{i}")),
                             callback_url: Some("https://example.invalid/hook".into()),
+                            model: "infill".into(),
                             spec: "{\"prompt\":\"\"}".into(),
                             input: vec![(c + i) as u8; input_kb * 1024],
                         };

@@ -10,7 +10,12 @@
 //! Concurrency: every write runs in a `BEGIN IMMEDIATE` transaction on a pool of exactly one
 //! connection, so writers queue in the pool (in process, fairly) instead of racing for SQLite's
 //! write lock and failing with "database is locked". Reads (`find`, `list`, `stats`,
-//! `due_deliveries`) use a separate pool and, thanks to WAL, never wait for a writer.
+//! `unserved`, what is due next) use a separate pool and, thanks to WAL, never wait for a writer.
+//!
+//! Wake-ups (`wait_for_work`, `wait_for_deliveries`) are in process: every store opened on the
+//! same file in this process shares one [`Wakers`], raised after each commit that may have made
+//! something claimable. Another process writing the same file is noticed at the caller's timeout.
+//! Model filters bind the served models as a JSON array, read with `json_each`.
 //!
 //! Checkpoints (copying the WAL back into the main file, and with it a sync of the file) run
 //! on a connection of their own a few times a second instead of inside whichever commit
@@ -19,8 +24,9 @@
 //! `examples/create_load.rs` (64 clients, 300 KB inputs, `synchronous=FULL`, a shared 2-core
 //! machine), create throughput went from 200-340/s to 530-670/s.
 
-use std::path::Path;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -31,13 +37,18 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 use uuid::Uuid;
 
+use crate::common::{
+    attempts_from, clamp_progress, count, gave_up_reason, lease_lost, limit, log_abandoned,
+    millis, one_per_task,
+};
+use crate::wake::{Wakers, due_in, sleep_until_woken};
 use crate::{
-    Admission, CallbackRenderer, Claimed, Delivery, Lease, NewTask, QueueStats, Store, StoreError,
-    Task, TaskStatus, now_ms,
+    Admission, CallbackOutbox, CallbackRenderer, Claimed, Delivery, Lease, Models, NewTask,
+    QueueStats, StoreError, Task, TaskStatus, TaskStore, WorkerRegistry, now_ms,
 };
 
 /// The schema version this code writes, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// How long a statement waits for a lock held by another process before failing. Within this
 /// process writes never wait on SQLite's lock: they queue for the single writer connection.
@@ -57,7 +68,10 @@ const WAL_AUTOCHECKPOINT_PAGES: u32 = 16_384;
 /// large file behind.
 const WAL_SIZE_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 
-const SCHEMA: &str = "
+/// The schema, one step per version: a file at version `v` (its `PRAGMA user_version`) gets
+/// the steps after the `v`th.
+const MIGRATIONS: [&str; 2] = [
+    "
 CREATE TABLE IF NOT EXISTS tasks (
     id               TEXT PRIMARY KEY NOT NULL,
     account          TEXT NOT NULL,
@@ -99,13 +113,34 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_next_at ON deliveries (next_at);
 -- Cascading deletes from tasks look deliveries up by task.
 CREATE INDEX IF NOT EXISTS deliveries_task ON deliveries (task_id);
-";
+",
+    // Version 2: the model that runs a task (older tasks get '': any worker takes them), the
+    // claim on a delivery, and live workers (`models` a JSON array; NULL for any model).
+    "
+ALTER TABLE tasks ADD COLUMN model TEXT NOT NULL DEFAULT '';
+ALTER TABLE deliveries ADD COLUMN claimed_until INTEGER;
+CREATE TABLE workers (
+    id         TEXT PRIMARY KEY NOT NULL,
+    models     TEXT,
+    expires_at INTEGER NOT NULL
+);
+",
+];
+
+/// Whether a task's `model` is one of the JSON array bound as `?N` (NULL: any model).
+macro_rules! model_filter {
+    ($n:literal) => {
+        concat!(
+            "(?", $n, " IS NULL OR model IN (SELECT value FROM json_each(?", $n, ")))"
+        )
+    };
+}
 
 /// The `tasks` columns that make a [`Task`], in the order [`task_from_row`] reads them.
 macro_rules! task_columns {
     () => {
         "id, account, external_task_id, callback_url, status, status_msg, spec, result, \
-         attempts, progress, created_at, updated_at"
+         attempts, progress, created_at, updated_at, model"
     };
 }
 
@@ -128,6 +163,8 @@ pub struct SqliteStore {
     inputs: InputFiles,
     reader: SqlitePool,
     renderer: CallbackRenderer,
+    /// Shared with the other stores of this file in this process.
+    wakers: Arc<Wakers>,
     /// Checkpoints the WAL on its own connection; stopped when the store is dropped.
     checkpoint_task: tokio::task::JoinHandle<()>,
 }
@@ -221,6 +258,7 @@ impl SqliteStore {
             inputs,
             reader,
             renderer,
+            wakers: wakers_of(path),
             checkpoint_task: tokio::spawn(checkpoint_task(checkpointer)),
         })
     }
@@ -292,13 +330,12 @@ impl SqliteStore {
     /// on its own (no BEGIN/COMMIT round trips to the connection's thread, which cost more
     /// than the work when the server is busy). Only a refused create asks why.
     async fn insert(&self, task: &NewTask, admission: Admission) -> Result<Task, StoreError> {
-        let limit = |max: u64| i64::try_from(max).unwrap_or(i64::MAX);
         // created_at is read inside the statement, under the write lock, so that tasks are
         // ordered as they were committed.
         let inserted: Result<Option<i64>, sqlx::Error> = sqlx::query_scalar(
             "INSERT INTO tasks (id, account, external_task_id, callback_url, status, spec, \
-             attempts, not_before, created_at, updated_at) \
-             SELECT ?1, ?2, ?3, ?4, 'submitted', ?5, 0, 0, now, now \
+             attempts, not_before, created_at, updated_at, model) \
+             SELECT ?1, ?2, ?3, ?4, 'submitted', ?5, 0, 0, now, now, ?8 \
              FROM (SELECT CAST(unixepoch('subsec') * 1000 AS INTEGER) AS now) \
              WHERE (SELECT COUNT(*) FROM tasks WHERE status = 'submitted') < ?6 \
              AND (SELECT COUNT(*) FROM tasks \
@@ -312,6 +349,7 @@ impl SqliteStore {
         .bind(&task.spec)
         .bind(limit(admission.max_queued))
         .bind(limit(admission.max_unfinished_per_account))
+        .bind(&task.model)
         .fetch_optional(&self.writer)
         .await;
         let created_at = match inserted {
@@ -332,6 +370,7 @@ impl SqliteStore {
             account: task.account.clone(),
             external_task_id: task.external_task_id.clone(),
             callback_url: task.callback_url.clone(),
+            model: task.model.clone(),
             status: TaskStatus::Submitted,
             status_msg: None,
             spec: task.spec.clone(),
@@ -401,20 +440,49 @@ impl SqliteStore {
         let task = task_from_row(&row)?;
         self.record_delivery(&mut tx, &task, now).await?;
         tx.commit().await?;
+        self.wakers.deliveries.notify_waiters();
         self.inputs.remove(&task.id).await;
         Ok(task)
+    }
+
+    /// When a task for `models` is next claimable (Unix ms; in the past when one is now).
+    async fn next_task_due(&self, models: Option<&str>) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar(concat!(
+            "SELECT MIN(due) FROM ( \
+             SELECT MIN(not_before) AS due FROM tasks WHERE status = 'submitted' AND ",
+            model_filter!(1),
+            " UNION ALL SELECT MIN(lease_until) + 1 FROM tasks WHERE status = 'processing' AND ",
+            model_filter!(1),
+            ")"
+        ))
+        .bind(models)
+        .fetch_one(&self.reader)
+        .await?)
+    }
+
+    /// When a delivery is next claimable: its retry time, or the end of the claim on its task's
+    /// deliveries when later.
+    async fn next_delivery_due(&self) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(MAX(d.next_at, COALESCE( \
+                (SELECT MAX(o.claimed_until) FROM deliveries o WHERE o.task_id = d.task_id), 0))) \
+             FROM deliveries d",
+        )
+        .fetch_one(&self.reader)
+        .await?)
     }
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl TaskStore for SqliteStore {
     async fn create(&self, mut task: NewTask, admission: Admission) -> Result<Task, StoreError> {
         // Written before the write lock is taken, so other writers do not wait for the disk.
         let input = std::mem::take(&mut task.input);
         self.inputs.write(&task.id, input).await?;
         let created = self.insert(&task, admission).await;
-        if created.is_err() {
-            self.inputs.remove(&task.id).await;
+        match created {
+            Ok(_) => self.wakers.work.notify_waiters(),
+            Err(_) => self.inputs.remove(&task.id).await,
         }
         created
     }
@@ -469,11 +537,13 @@ impl Store for SqliteStore {
 
     async fn claim(
         &self,
+        models: &Models,
         lease_for: Duration,
         max_attempts: u32,
     ) -> Result<Option<Claimed>, StoreError> {
         // Zero attempts would fail every task unseen; one is the least that makes sense.
         let max_attempts = i64::from(max_attempts.max(1));
+        let models = models_json(models);
         let mut tx = self.begin_write().await?;
         let now = now_ms();
         // Tasks ended here; their inputs are deleted once that is committed.
@@ -482,20 +552,24 @@ impl Store for SqliteStore {
             // Oldest first over both kinds of claimable task. rowid breaks ties within a
             // millisecond: it only grows, and it ends every index entry, so both queries
             // walk `tasks_status_created` in order.
-            let waiting = sqlx::query(
+            let waiting = sqlx::query(concat!(
                 "SELECT id, attempts, created_at, rowid, FALSE FROM tasks \
-                 WHERE status = 'submitted' AND not_before <= ?1 \
-                 ORDER BY created_at, rowid LIMIT 1",
-            )
+                 WHERE status = 'submitted' AND not_before <= ?1 AND ",
+                model_filter!(2),
+                " ORDER BY created_at, rowid LIMIT 1"
+            ))
             .bind(now)
+            .bind(&models)
             .fetch_optional(&mut *tx)
             .await?;
-            let abandoned = sqlx::query(
+            let abandoned = sqlx::query(concat!(
                 "SELECT id, attempts, created_at, rowid, TRUE FROM tasks \
-                 WHERE status = 'processing' AND lease_until < ?1 \
-                 ORDER BY created_at, rowid LIMIT 1",
-            )
+                 WHERE status = 'processing' AND lease_until < ?1 AND ",
+                model_filter!(2),
+                " ORDER BY created_at, rowid LIMIT 1"
+            ))
             .bind(now)
+            .bind(&models)
             .fetch_optional(&mut *tx)
             .await?;
             let candidates = [waiting, abandoned]
@@ -521,12 +595,7 @@ impl Store for SqliteStore {
             };
 
             if attempts >= max_attempts {
-                let why = if lease_expired {
-                    "the worker stopped before finishing each time"
-                } else {
-                    "each attempt ended without a result"
-                };
-                let reason = format!("gave up after {attempts} attempts: {why}");
+                let reason = gave_up_reason(attempts, lease_expired);
                 self.give_up(&mut tx, &id, reason, now).await?;
                 given_up.push(id);
                 continue;
@@ -561,10 +630,18 @@ impl Store for SqliteStore {
             });
         };
         tx.commit().await?;
+        self.wakers.deliveries.notify_waiters();
         for id in &given_up {
             self.inputs.remove(id).await;
         }
         Ok(claimed)
+    }
+
+    async fn wait_for_work(&self, models: &Models, timeout: Duration) -> Result<(), StoreError> {
+        let notified = self.wakers.work.notified();
+        let due = self.next_task_due(models_json(models).as_deref()).await?;
+        sleep_until_woken(notified, due_in(due, now_ms()), timeout).await;
+        Ok(())
     }
 
     async fn heartbeat(
@@ -573,9 +650,7 @@ impl Store for SqliteStore {
         lease_for: Duration,
         progress: Option<f32>,
     ) -> Result<(), StoreError> {
-        let progress = progress
-            .filter(|p| p.is_finite())
-            .map(|p| f64::from(p.clamp(0.0, 1.0)));
+        let progress = clamp_progress(progress).map(f64::from);
         let mut tx = self.begin_write().await?;
         let now = now_ms();
         // An expired lease nobody took yet is still ours: renewing it is harmless.
@@ -634,6 +709,7 @@ impl Store for SqliteStore {
             return Err(lease_lost(lease));
         }
         tx.commit().await?;
+        self.wakers.work.notify_waiters();
         Ok(())
     }
 
@@ -668,28 +744,45 @@ impl Store for SqliteStore {
         tx.commit().await?;
         Ok(ids)
     }
+}
 
-    async fn due_deliveries(&self, now_ms: i64, limit: u32) -> Result<Vec<Delivery>, StoreError> {
+#[async_trait]
+impl CallbackOutbox for SqliteStore {
+    async fn claim_deliveries(
+        &self,
+        lease_for: Duration,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let now = now_ms();
         let rows = sqlx::query(
-            "SELECT id, task_id, url, body, attempts, created_at FROM deliveries \
-             WHERE next_at <= ?1 ORDER BY created_at, rowid LIMIT ?2",
+            "SELECT id, task_id, url, body, attempts, created_at FROM deliveries d \
+             WHERE next_at <= ?1 AND (claimed_until IS NULL OR claimed_until <= ?1) \
+             AND NOT EXISTS (SELECT 1 FROM deliveries o \
+                 WHERE o.task_id = d.task_id AND o.id <> d.id AND o.claimed_until > ?1) \
+             ORDER BY created_at, rowid LIMIT ?2",
         )
-        .bind(now_ms)
+        .bind(now)
         .bind(i64::from(limit))
-        .fetch_all(&self.reader)
+        .fetch_all(&mut *tx)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Delivery {
-                    id: row.try_get(0)?,
-                    task_id: row.try_get(1)?,
-                    url: row.try_get(2)?,
-                    body: row.try_get(3)?,
-                    attempts: attempts_from(row.try_get(4)?)?,
-                    created_at: row.try_get(5)?,
-                })
-            })
-            .collect()
+        let deliveries = one_per_task(rows.iter().map(delivery_from_row))?;
+        for delivery in &deliveries {
+            sqlx::query("UPDATE deliveries SET claimed_until = ?1 WHERE id = ?2")
+                .bind(now.saturating_add(millis(lease_for)))
+                .bind(&delivery.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(deliveries)
+    }
+
+    async fn wait_for_deliveries(&self, timeout: Duration) -> Result<(), StoreError> {
+        let notified = self.wakers.deliveries.notified();
+        let due = self.next_delivery_due().await?;
+        sleep_until_woken(notified, due_in(due, now_ms()), timeout).await;
+        Ok(())
     }
 
     async fn delivered(&self, delivery_id: &str) -> Result<(), StoreError> {
@@ -699,6 +792,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.wakers.deliveries.notify_waiters();
         Ok(())
     }
 
@@ -711,8 +805,8 @@ impl Store for SqliteStore {
         let mut tx = self.begin_write().await?;
         // A delivery purged meanwhile (its task was purged) is simply not updated.
         sqlx::query(
-            "UPDATE deliveries SET attempts = attempts + 1, next_at = ?1, last_error = ?2 \
-             WHERE id = ?3",
+            "UPDATE deliveries SET attempts = attempts + 1, next_at = ?1, last_error = ?2, \
+             claimed_until = NULL WHERE id = ?3",
         )
         .bind(next_at_ms)
         .bind(error)
@@ -720,6 +814,7 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.wakers.deliveries.notify_waiters();
         Ok(())
     }
 
@@ -732,26 +827,75 @@ impl Store for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.wakers.deliveries.notify_waiters();
         if let Some(row) = row {
-            let task_id: String = row.try_get(0)?;
-            let url: String = row.try_get(1)?;
-            let attempts: i64 = row.try_get(2)?;
-            let created_at: i64 = row.try_get(3)?;
-            tracing::warn!(
+            log_abandoned(
                 delivery_id,
-                task_id,
-                url,
-                attempts,
-                age_s = now_ms().saturating_sub(created_at) / 1000,
+                row.try_get(0)?,
+                row.try_get(1)?,
+                row.try_get(2)?,
+                row.try_get(3)?,
                 error,
-                "callback delivery abandoned"
             );
         }
         Ok(())
     }
 }
 
-/// A task [`Store::claim`] may take next.
+#[async_trait]
+impl WorkerRegistry for SqliteStore {
+    async fn register_worker(
+        &self,
+        worker_id: &str,
+        models: &Models,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let now = now_ms();
+        // Workers that stopped without saying so (killed, lost) would pile up otherwise.
+        sqlx::query("DELETE FROM workers WHERE expires_at <= ?1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO workers (id, models, expires_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (id) DO UPDATE SET models = excluded.models, \
+             expires_at = excluded.expires_at",
+        )
+        .bind(worker_id)
+        .bind(models_json(models))
+        .bind(now.saturating_add(millis(ttl)))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn deregister_worker(&self, worker_id: &str) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM workers WHERE id = ?1")
+            .bind(worker_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn unserved(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT model, COUNT(*) FROM tasks t WHERE status = 'submitted' \
+             AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.expires_at > ?1 \
+                 AND (w.models IS NULL OR t.model IN (SELECT value FROM json_each(w.models)))) \
+             GROUP BY model",
+        )
+        .bind(now_ms())
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows.into_iter().map(|(m, n)| (m, count(n))).collect())
+    }
+}
+
+/// A task [`TaskStore::claim`] may take next.
 struct Candidate {
     id: String,
     attempts: i64,
@@ -791,7 +935,9 @@ async fn migrate(writer: &SqlitePool) -> Result<(), StoreError> {
         )));
     }
     if version < SCHEMA_VERSION {
-        sqlx::raw_sql(SCHEMA).execute(&mut *tx).await?;
+        for step in &MIGRATIONS[usize::try_from(version).unwrap_or(0)..] {
+            sqlx::raw_sql(step).execute(&mut *tx).await?;
+        }
         // PRAGMA takes no bound parameters; the value is a constant.
         sqlx::raw_sql(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
             .execute(&mut *tx)
@@ -901,29 +1047,39 @@ fn task_from_row(row: &SqliteRow) -> Result<Task, StoreError> {
         progress: progress.map(|p| p as f32),
         created_at: row.try_get(10)?,
         updated_at: row.try_get(11)?,
+        model: row.try_get(12)?,
         id,
     })
 }
 
-fn attempts_from(value: i64) -> Result<u32, StoreError> {
-    u32::try_from(value)
-        .map_err(|_| StoreError::Database(format!("attempt count {value} out of range")))
+fn delivery_from_row(row: &SqliteRow) -> Result<Delivery, StoreError> {
+    Ok(Delivery {
+        id: row.try_get(0)?,
+        task_id: row.try_get(1)?,
+        url: row.try_get(2)?,
+        body: row.try_get(3)?,
+        attempts: attempts_from(row.try_get(4)?)?,
+        created_at: row.try_get(5)?,
+    })
 }
 
-/// A `COUNT(*)` as u64 (it is never negative).
-fn count(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
+/// The served models as bound to [`model_filter!`]: a JSON array, NULL for any.
+fn models_json(models: &Models) -> Option<String> {
+    models.names().map(|names| serde_json::Value::from(names).to_string())
 }
 
-/// A duration in whole milliseconds, saturating.
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn lease_lost(lease: &Lease) -> StoreError {
-    StoreError::LeaseLost {
-        task_id: lease.task_id.clone(),
+/// The wake-ups of the stores of one file in this process, keyed by its canonical path.
+fn wakers_of(path: &Path) -> Arc<Wakers> {
+    static OPEN: LazyLock<Mutex<HashMap<PathBuf, Weak<Wakers>>>> = LazyLock::new(Mutex::default);
+    let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let mut open = OPEN.lock().unwrap_or_else(PoisonError::into_inner);
+    open.retain(|_, wakers| wakers.strong_count() > 0);
+    if let Some(wakers) = open.get(&key).and_then(Weak::upgrade) {
+        return wakers;
     }
+    let wakers = Arc::new(Wakers::default());
+    open.insert(key, Arc::downgrade(&wakers));
+    wakers
 }
 
 fn open_error(path: &Path, err: &sqlx::Error) -> StoreError {
@@ -932,639 +1088,119 @@ fn open_error(path: &Path, err: &sqlx::Error) -> StoreError {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
+    use async_trait::async_trait;
     use tempfile::TempDir;
 
     use super::*;
+    use crate::contract::{Fixture, store_contract};
 
-    const LOOSE: Admission = Admission {
-        max_queued: 1000,
-        max_unfinished_per_account: 1000,
-    };
-    const LEASE: Duration = Duration::from_secs(60);
-    /// Long enough to outlast a short lease after a sleep of `SHORT_WAIT`.
-    const SHORT_LEASE: Duration = Duration::from_millis(100);
-    const SHORT_WAIT: Duration = Duration::from_millis(150);
-
-    /// A store in a fresh folder (the folder itself is created by `open`).
-    async fn store() -> (TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open_in(&dir).await;
-        (dir, store)
+    /// A fresh folder; the store's own folder inside it is created by `open`.
+    struct SqliteFixture {
+        dir: TempDir,
     }
 
-    async fn open_in(dir: &TempDir) -> SqliteStore {
-        let options = SqliteOptions {
-            path: dir.path().join("data").join("tasks.sqlite"),
-            durable_commits: true,
-        };
-        let renderer: CallbackRenderer =
-            Arc::new(|task: &Task| format!("{}:{}", task.id, task.status.as_str()));
-        SqliteStore::open(options, renderer).await.unwrap()
+    impl SqliteFixture {
+        fn new() -> SqliteFixture {
+            SqliteFixture {
+                dir: tempfile::tempdir().unwrap(),
+            }
+        }
+
+        fn path(&self) -> PathBuf {
+            self.dir.path().join("data").join("tasks.sqlite")
+        }
     }
 
-    fn new_task(id: &str, account: &str) -> NewTask {
+    #[async_trait(?Send)]
+    impl Fixture for SqliteFixture {
+        type Store = SqliteStore;
+
+        async fn open(&self) -> SqliteStore {
+            let options = SqliteOptions {
+                path: self.path(),
+                durable_commits: true,
+            };
+            let renderer: CallbackRenderer =
+                Arc::new(|task: &Task| format!("{}:{}", task.id, task.status.as_str()));
+            SqliteStore::open(options, renderer).await.unwrap()
+        }
+
+        async fn input_count(&self) -> u64 {
+            let dir = self.path().with_extension("inputs");
+            std::fs::read_dir(dir).map_or(0, |entries| entries.count() as u64)
+        }
+    }
+
+    store_contract!(SqliteFixture::new());
+
+    fn new_task(id: &str) -> NewTask {
         NewTask {
             id: id.to_owned(),
-            account: account.to_owned(),
+            account: "acme".to_owned(),
             external_task_id: None,
             callback_url: None,
-            spec: format!("{{\"task\":\"{id}\"}}"),
+            model: "infill".to_owned(),
+            spec: "{}".to_owned(),
             input: id.as_bytes().to_vec(),
         }
     }
 
-    fn with_callback(id: &str, account: &str) -> NewTask {
-        NewTask {
-            callback_url: Some(format!("https://hooks.example/{id}")),
-            ..new_task(id, account)
-        }
-    }
-
-    async fn create(store: &SqliteStore, task: NewTask) -> Task {
-        store.create(task, LOOSE).await.unwrap()
-    }
-
-    async fn claim(store: &SqliteStore) -> Claimed {
-        store
-            .claim(LEASE, 3)
-            .await
-            .unwrap()
-            .expect("a claimable task")
-    }
-
-    async fn status(store: &SqliteStore, id: &str) -> Task {
-        store.find("acme", id).await.unwrap().expect("task exists")
-    }
-
-    /// Bodies of the due deliveries, oldest first.
-    async fn due_bodies(store: &SqliteStore) -> Vec<String> {
-        let due = store.due_deliveries(now_ms(), 100).await.unwrap();
-        due.into_iter().map(|d| d.body).collect()
-    }
-
-    /// Input files on disk.
-    async fn input_count(store: &SqliteStore) -> i64 {
-        std::fs::read_dir(&store.inputs.dir).map_or(0, |entries| entries.count() as i64)
-    }
-
-    #[tokio::test]
-    async fn create_then_find_by_id_and_external_id() {
-        let (_dir, store) = store().await;
-        let before = now_ms();
-        let created = create(
-            &store,
-            NewTask {
-                external_task_id: Some("mine-1".into()),
-                ..new_task("t1", "acme")
-            },
-        )
-        .await;
-        assert_eq!(created.status, TaskStatus::Submitted);
-        assert_eq!(created.attempts, 0);
-        assert!(created.created_at >= before);
-        assert_eq!(created.created_at, created.updated_at);
-
-        assert_eq!(
-            store.find("acme", "t1").await.unwrap(),
-            Some(created.clone())
-        );
-        assert_eq!(store.find("acme", "mine-1").await.unwrap(), Some(created));
-        assert_eq!(store.find("acme", "nope").await.unwrap(), None);
-    }
-
-    #[tokio::test]
-    async fn another_account_cannot_see_a_task() {
-        let (_dir, store) = store().await;
-        create(
-            &store,
-            NewTask {
-                external_task_id: Some("mine-1".into()),
-                ..new_task("t1", "acme")
-            },
-        )
-        .await;
-        assert_eq!(store.find("other", "t1").await.unwrap(), None);
-        assert_eq!(store.find("other", "mine-1").await.unwrap(), None);
-        assert!(store.list("other", 1, 30).await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn external_id_is_unique_per_account_only() {
-        let (_dir, store) = store().await;
-        let with_external = |id: &str, account: &str| NewTask {
-            external_task_id: Some("same".into()),
-            ..new_task(id, account)
-        };
-        create(&store, with_external("t1", "acme")).await;
-        let err = store
-            .create(with_external("t2", "acme"), LOOSE)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, StoreError::ExternalIdTaken(ref id) if id == "same"));
-        create(&store, with_external("t3", "other")).await;
-        assert_eq!(store.find("acme", "t2").await.unwrap(), None);
-        assert_eq!(store.find("other", "same").await.unwrap().unwrap().id, "t3");
-    }
-
-    #[tokio::test]
-    async fn list_is_newest_first_with_paging() {
-        let (_dir, store) = store().await;
-        for i in 0..5 {
-            create(&store, new_task(&format!("t{i}"), "acme")).await;
-        }
-        create(&store, new_task("x", "other")).await;
-        let ids = |tasks: Vec<Task>| tasks.into_iter().map(|t| t.id).collect::<Vec<_>>();
-        assert_eq!(ids(store.list("acme", 1, 2).await.unwrap()), ["t4", "t3"]);
-        assert_eq!(ids(store.list("acme", 2, 2).await.unwrap()), ["t2", "t1"]);
-        assert_eq!(ids(store.list("acme", 3, 2).await.unwrap()), ["t0"]);
-        assert!(store.list("acme", 4, 2).await.unwrap().is_empty());
-        assert_eq!(store.list("acme", 1, 30).await.unwrap().len(), 5);
-    }
-
-    #[tokio::test]
-    async fn queue_full_counts_waiting_tasks_of_all_accounts() {
-        let (_dir, store) = store().await;
-        let admission = Admission {
-            max_queued: 2,
-            max_unfinished_per_account: 10,
-        };
-        store
-            .create(new_task("t1", "acme"), admission)
-            .await
-            .unwrap();
-        store
-            .create(new_task("t2", "other"), admission)
-            .await
-            .unwrap();
-        let err = store.create(new_task("t3", "third"), admission).await;
-        assert!(matches!(err, Err(StoreError::QueueFull { max: 2 })));
-        assert_eq!(store.find("third", "t3").await.unwrap(), None);
-
-        // A task taken by a worker no longer waits.
-        claim(&store).await;
-        store
-            .create(new_task("t3", "third"), admission)
-            .await
-            .unwrap();
-    }
-
-    #[tokio::test]
-    async fn account_busy_counts_the_accounts_unfinished_tasks() {
-        let (_dir, store) = store().await;
-        let admission = Admission {
-            max_queued: 100,
-            max_unfinished_per_account: 2,
-        };
-        store
-            .create(new_task("t1", "acme"), admission)
-            .await
-            .unwrap();
-        store
-            .create(new_task("t2", "acme"), admission)
-            .await
-            .unwrap();
-        let err = store.create(new_task("t3", "acme"), admission).await;
-        assert!(matches!(err, Err(StoreError::AccountBusy { max: 2 })));
-        store
-            .create(new_task("o1", "other"), admission)
-            .await
-            .unwrap();
-
-        // Processing still counts; finished does not.
-        let claimed = claim(&store).await;
-        let err = store.create(new_task("t3", "acme"), admission).await;
-        assert!(matches!(err, Err(StoreError::AccountBusy { .. })));
-        store.succeed(&claimed.lease, "{}".into()).await.unwrap();
-        store
-            .create(new_task("t3", "acme"), admission)
-            .await
-            .unwrap();
-    }
-
-    #[tokio::test]
-    async fn claim_takes_the_oldest_first() {
-        let (_dir, store) = store().await;
-        for id in ["a", "b", "c"] {
-            create(&store, new_task(id, "acme")).await;
-        }
-        let first = claim(&store).await;
-        assert_eq!(first.task.id, "a");
-        assert_eq!(first.task.status, TaskStatus::Processing);
-        assert_eq!(first.task.attempts, 1);
-        assert_eq!(first.input, b"a");
-        assert_eq!(first.lease.task_id, "a");
-        assert_eq!(claim(&store).await.task.id, "b");
-        assert_eq!(claim(&store).await.task.id, "c");
-        assert!(store.claim(LEASE, 3).await.unwrap().is_none());
-        assert_eq!(
-            store.stats().await.unwrap(),
-            QueueStats {
-                processing: 3,
-                ..QueueStats::default()
-            }
-        );
-    }
-
-    #[tokio::test]
-    async fn expired_lease_is_claimed_again_and_the_old_lease_is_lost() {
-        let (_dir, store) = store().await;
-        create(&store, new_task("t1", "acme")).await;
-        let first = store.claim(SHORT_LEASE, 3).await.unwrap().unwrap();
-        // Still held: nothing to claim.
-        assert!(store.claim(LEASE, 3).await.unwrap().is_none());
-        tokio::time::sleep(SHORT_WAIT).await;
-
-        let second = claim(&store).await;
-        assert_eq!(second.task.id, "t1");
-        assert_eq!(second.task.attempts, 2);
-        assert_ne!(second.lease.token, first.lease.token);
-        assert_eq!(second.input, b"t1");
-
-        let lost = store.heartbeat(&first.lease, LEASE, Some(0.5)).await;
-        assert!(matches!(lost, Err(StoreError::LeaseLost { ref task_id }) if task_id == "t1"));
-        let lost = store.succeed(&first.lease, "{}".into()).await;
-        assert!(matches!(lost, Err(StoreError::LeaseLost { .. })));
-        let lost = store.fail(&first.lease, "x".into()).await;
-        assert!(matches!(lost, Err(StoreError::LeaseLost { .. })));
-        let lost = store.release(&first.lease, Duration::ZERO, true).await;
-        assert!(matches!(lost, Err(StoreError::LeaseLost { .. })));
-
-        // The new holder is unaffected.
-        store
-            .heartbeat(&second.lease, LEASE, Some(0.25))
-            .await
-            .unwrap();
-        assert_eq!(status(&store, "t1").await.progress, Some(0.25));
-        store.succeed(&second.lease, "{}".into()).await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn heartbeat_keeps_the_lease_and_records_progress_only() {
-        let (_dir, store) = store().await;
-        create(&store, new_task("t1", "acme")).await;
-        let claimed = store.claim(SHORT_LEASE, 3).await.unwrap().unwrap();
-        let before = status(&store, "t1").await;
-        store
-            .heartbeat(&claimed.lease, LEASE, Some(0.5))
-            .await
-            .unwrap();
-        tokio::time::sleep(SHORT_WAIT).await;
-        // The lease was extended, so the task is not claimable although SHORT_LEASE ran out.
-        assert!(store.claim(LEASE, 3).await.unwrap().is_none());
-        store.heartbeat(&claimed.lease, LEASE, None).await.unwrap();
-        let after = status(&store, "t1").await;
-        assert_eq!(after.progress, Some(0.5));
-        assert_eq!(after.updated_at, before.updated_at);
-        assert_eq!(after.status, TaskStatus::Processing);
-
-        let gone = Lease {
-            task_id: "nope".into(),
-            token: claimed.lease.token.clone(),
-        };
-        assert!(matches!(
-            store.heartbeat(&gone, LEASE, None).await,
-            Err(StoreError::LeaseLost { .. })
-        ));
-    }
-
-    #[tokio::test]
-    async fn a_task_claimed_max_attempts_times_ends_failed_with_a_reason() {
-        let (_dir, store) = store().await;
-        create(&store, with_callback("doomed", "acme")).await;
-        create(&store, new_task("next", "acme")).await;
-        for attempt in 1..=2 {
-            let claimed = store.claim(SHORT_LEASE, 2).await.unwrap().unwrap();
-            assert_eq!(claimed.task.id, "doomed");
-            assert_eq!(claimed.task.attempts, attempt);
-            tokio::time::sleep(SHORT_WAIT).await;
-        }
-        // The third claim gives "doomed" up and hands out the next task instead.
-        let claimed = store.claim(LEASE, 2).await.unwrap().unwrap();
-        assert_eq!(claimed.task.id, "next");
-
-        let doomed = status(&store, "doomed").await;
-        assert_eq!(doomed.status, TaskStatus::Failed);
-        assert_eq!(
-            doomed.status_msg.as_deref(),
-            Some("gave up after 2 attempts: the worker stopped before finishing each time")
-        );
-        assert_eq!(
-            due_bodies(&store).await,
-            ["doomed:processing", "doomed:processing", "doomed:failed"]
-        );
-        assert_eq!(
-            input_count(&store).await,
-            1,
-            "only the claimed task keeps its input"
-        );
-    }
-
-    #[tokio::test]
-    async fn succeed_records_the_result_and_drops_the_input() {
-        let (_dir, store) = store().await;
-        let created = create(&store, new_task("t1", "acme")).await;
-        let claimed = claim(&store).await;
-        let done = store
-            .succeed(&claimed.lease, "{\"images\":[]}".into())
-            .await
-            .unwrap();
-        assert_eq!(done.status, TaskStatus::Succeed);
-        assert_eq!(done.result.as_deref(), Some("{\"images\":[]}"));
-        assert_eq!(done.status_msg, None);
-        assert!(done.updated_at >= created.updated_at);
-        assert_eq!(status(&store, "t1").await, done);
-        assert_eq!(input_count(&store).await, 0);
-        // Finished: no second ending, not claimable.
-        assert!(matches!(
-            store.fail(&claimed.lease, "late".into()).await,
-            Err(StoreError::LeaseLost { .. })
-        ));
-        assert!(store.claim(LEASE, 3).await.unwrap().is_none());
-    }
-
-    #[tokio::test]
-    async fn fail_records_the_reason_and_drops_the_input() {
-        let (_dir, store) = store().await;
-        create(&store, new_task("t1", "acme")).await;
-        let claimed = claim(&store).await;
-        let done = store
-            .fail(&claimed.lease, "the image is too small".into())
-            .await
-            .unwrap();
-        assert_eq!(done.status, TaskStatus::Failed);
-        assert_eq!(done.status_msg.as_deref(), Some("the image is too small"));
-        assert_eq!(done.result, None);
-        assert_eq!(status(&store, "t1").await, done);
-        assert_eq!(input_count(&store).await, 0);
-        assert_eq!(store.stats().await.unwrap().failed, 1);
-    }
-
-    #[tokio::test]
-    async fn release_without_counting_the_attempt() {
-        let (_dir, store) = store().await;
-        create(&store, with_callback("t1", "acme")).await;
-        let claimed = claim(&store).await;
-        store
-            .release(&claimed.lease, Duration::ZERO, false)
-            .await
-            .unwrap();
-        let released = status(&store, "t1").await;
-        assert_eq!(released.status, TaskStatus::Submitted);
-        assert_eq!(released.attempts, 0);
-        assert!(matches!(
-            store.heartbeat(&claimed.lease, LEASE, None).await,
-            Err(StoreError::LeaseLost { .. })
-        ));
-
-        let again = claim(&store).await;
-        assert_eq!(again.task.attempts, 1);
-        assert_eq!(again.input, b"t1");
-        // Callbacks on processing only, none on the release.
-        assert_eq!(due_bodies(&store).await, ["t1:processing", "t1:processing"]);
-    }
-
-    #[tokio::test]
-    async fn released_task_waits_for_its_delay_and_keeps_the_attempt() {
-        let (_dir, store) = store().await;
-        create(&store, new_task("t1", "acme")).await;
-        create(&store, new_task("t2", "acme")).await;
-        let claimed = claim(&store).await;
-        assert_eq!(claimed.task.id, "t1");
-        store
-            .release(&claimed.lease, SHORT_LEASE, true)
-            .await
-            .unwrap();
-        assert_eq!(status(&store, "t1").await.attempts, 1);
-        assert_eq!(store.stats().await.unwrap().submitted, 2);
-
-        // Held back: the younger task goes first, then nothing.
-        assert_eq!(claim(&store).await.task.id, "t2");
-        assert!(store.claim(LEASE, 3).await.unwrap().is_none());
-        tokio::time::sleep(SHORT_WAIT).await;
-        let again = claim(&store).await;
-        assert_eq!(again.task.id, "t1");
-        assert_eq!(again.task.attempts, 2);
-    }
-
-    #[tokio::test]
-    async fn deliveries_are_written_only_with_a_callback_url() {
-        let (_dir, store) = store().await;
-        create(&store, with_callback("ok", "acme")).await;
-        create(&store, with_callback("bad", "acme")).await;
-        create(&store, new_task("quiet", "acme")).await;
-        assert!(due_bodies(&store).await.is_empty(), "no callback on submit");
-
-        let ok = claim(&store).await;
-        let bad = claim(&store).await;
-        let quiet = claim(&store).await;
-        store.succeed(&ok.lease, "{}".into()).await.unwrap();
-        store.fail(&bad.lease, "no".into()).await.unwrap();
-        store.succeed(&quiet.lease, "{}".into()).await.unwrap();
-
-        let due = store.due_deliveries(now_ms(), 100).await.unwrap();
-        let seen: Vec<_> = due
-            .iter()
-            .map(|d| (d.task_id.as_str(), d.url.as_str(), d.body.as_str()))
-            .collect();
-        assert_eq!(
-            seen,
-            [
-                ("ok", "https://hooks.example/ok", "ok:processing"),
-                ("bad", "https://hooks.example/bad", "bad:processing"),
-                ("ok", "https://hooks.example/ok", "ok:succeed"),
-                ("bad", "https://hooks.example/bad", "bad:failed"),
-            ]
-        );
-        assert!(due.iter().all(|d| d.attempts == 0));
-        let mut ids: Vec<_> = due.iter().map(|d| d.id.clone()).collect();
-        ids.dedup();
-        assert_eq!(ids.len(), 4, "each delivery has its own id");
-    }
-
-    #[tokio::test]
-    async fn deliveries_retry_deliver_and_abandon() {
-        let (_dir, store) = store().await;
-        for id in ["a", "b", "c"] {
-            create(&store, with_callback(id, "acme")).await;
-            claim(&store).await;
-        }
-        let now = now_ms();
-        let due = store.due_deliveries(now, 100).await.unwrap();
-        assert_eq!(due.len(), 3);
-        assert_eq!(store.due_deliveries(now, 2).await.unwrap(), due[..2]);
-        let (a, b, c) = (&due[0], &due[1], &due[2]);
-
-        store.delivered(&a.id).await.unwrap();
-        store
-            .retry_delivery(&b.id, now + 60_000, "connection refused")
-            .await
-            .unwrap();
-        let still_due = store.due_deliveries(now, 100).await.unwrap();
-        assert_eq!(still_due, std::slice::from_ref(c));
-
-        let later = store.due_deliveries(now + 60_000, 100).await.unwrap();
-        let retried = later.iter().find(|d| d.id == b.id).unwrap();
-        assert_eq!(retried.attempts, 1);
-        assert_eq!(retried.body, b.body);
-        assert_eq!(retried.created_at, b.created_at);
-        let last_error: Option<String> =
-            sqlx::query_scalar("SELECT last_error FROM deliveries WHERE id = ?1")
-                .bind(&b.id)
-                .fetch_one(&store.reader)
-                .await
-                .unwrap();
-        assert_eq!(last_error.as_deref(), Some("connection refused"));
-
-        store.abandon_delivery(&b.id, "HTTP 500").await.unwrap();
-        store.delivered(&c.id).await.unwrap();
-        assert!(
-            store
-                .due_deliveries(i64::MAX, 100)
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        // Unknown ids (purged meanwhile) are no error.
-        store.delivered("gone").await.unwrap();
-        store.retry_delivery("gone", now, "x").await.unwrap();
-        store.abandon_delivery("gone", "x").await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn purge_finished_returns_ids_and_keeps_unfinished_tasks() {
-        let (_dir, store) = store().await;
-        for id in ["done", "failed", "running", "waiting"] {
-            create(&store, with_callback(id, "acme")).await;
-        }
-        let done = claim(&store).await;
-        let failed = claim(&store).await;
-        claim(&store).await;
-        store.succeed(&done.lease, "{}".into()).await.unwrap();
-        store.fail(&failed.lease, "no".into()).await.unwrap();
-
-        let cutoff = status(&store, "failed").await.updated_at;
-        assert!(
-            store
-                .purge_finished(cutoff - 1_000)
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        let mut purged = store.purge_finished(now_ms() + 1).await.unwrap();
-        purged.sort();
-        assert_eq!(purged, ["done", "failed"]);
-
-        assert_eq!(store.find("acme", "done").await.unwrap(), None);
-        assert_eq!(
-            status(&store, "running").await.status,
-            TaskStatus::Processing
-        );
-        assert_eq!(
-            status(&store, "waiting").await.status,
-            TaskStatus::Submitted
-        );
-        assert_eq!(due_bodies(&store).await, ["running:processing"]);
-        assert_eq!(
-            store.stats().await.unwrap(),
-            QueueStats {
-                submitted: 1,
-                processing: 1,
-                ..QueueStats::default()
-            }
-        );
-    }
+    const LOOSE: Admission = Admission {
+        max_queued: 100,
+        max_unfinished_per_account: 100,
+    };
 
     #[tokio::test]
     async fn inputs_of_tasks_never_committed_are_removed_at_start() {
-        let dir = tempfile::tempdir().unwrap();
+        let f = SqliteFixture::new();
         {
-            let store = open_in(&dir).await;
-            create(&store, new_task("waiting", "acme")).await;
+            let store = f.open().await;
+            store.create(new_task("waiting"), LOOSE).await.unwrap();
             // What a crash between writing an input and committing its task leaves behind.
             std::fs::write(store.inputs.dir.join("never-committed"), b"x").unwrap();
             std::fs::write(store.inputs.dir.join("cut-off.partial"), b"x").unwrap();
         }
-        let store = open_in(&dir).await;
-        assert_eq!(input_count(&store).await, 1);
-        assert_eq!(claim(&store).await.input, b"waiting");
+        let store = f.open().await;
+        assert_eq!(f.input_count().await, 1);
+        let claimed = store.claim(&Models::Any, Duration::from_secs(60), 3).await;
+        assert_eq!(claimed.unwrap().unwrap().input, b"waiting");
     }
 
+    /// A file written by the first version (no models, no delivery claims) is brought up to
+    /// date; its tasks have model '' and go to workers serving any model.
     #[tokio::test]
-    async fn a_refused_create_leaves_no_input_behind() {
-        let (_dir, store) = store().await;
-        let admission = Admission {
-            max_queued: 1,
-            max_unfinished_per_account: 10,
-        };
-        store
-            .create(new_task("a", "acme"), admission)
-            .await
-            .unwrap();
-        let refused = store.create(new_task("b", "acme"), admission).await;
-        assert!(matches!(refused, Err(StoreError::QueueFull { max: 1 })));
-        assert_eq!(input_count(&store).await, 1);
-    }
+    async fn a_version_1_file_is_upgraded() {
+        let f = SqliteFixture::new();
+        std::fs::create_dir_all(f.path().parent().unwrap()).unwrap();
+        let connect = SqliteConnectOptions::new()
+            .filename(f.path())
+            .create_if_missing(true);
+        let pool = SqlitePool::connect_with(connect).await.unwrap();
+        sqlx::raw_sql(MIGRATIONS[0]).execute(&pool).await.unwrap();
+        sqlx::raw_sql(
+            "PRAGMA user_version = 1; \
+             INSERT INTO tasks (id, account, status, spec, created_at, updated_at) \
+             VALUES ('old', 'acme', 'submitted', '{}', 1, 1);",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        std::fs::create_dir_all(f.path().with_extension("inputs")).unwrap();
+        std::fs::write(f.path().with_extension("inputs").join("old"), b"img").unwrap();
 
-    #[tokio::test]
-    async fn reopening_the_file_keeps_everything() {
-        let dir = tempfile::tempdir().unwrap();
-        let (succeeded, running) = {
-            let store = open_in(&dir).await;
-            create(
-                &store,
-                NewTask {
-                    external_task_id: Some("ext".into()),
-                    ..with_callback("done", "acme")
-                },
-            )
-            .await;
-            create(&store, new_task("running", "acme")).await;
-            create(&store, new_task("waiting", "acme")).await;
-            let done = claim(&store).await;
-            let succeeded = store.succeed(&done.lease, "{}".into()).await.unwrap();
-            let running = store.claim(SHORT_LEASE, 3).await.unwrap().unwrap();
-            // Dropped without `close`, as a killed process would leave it.
-            (succeeded, running)
-        };
-
-        let store = open_in(&dir).await;
-        assert_eq!(store.find("acme", "ext").await.unwrap(), Some(succeeded));
-        assert_eq!(
-            store.stats().await.unwrap(),
-            QueueStats {
-                submitted: 1,
-                processing: 1,
-                succeed: 1,
-                failed: 0
-            }
-        );
-        assert_eq!(
-            due_bodies(&store).await,
-            ["done:processing", "done:succeed"]
-        );
-        let err = store.create(new_task("done", "acme"), LOOSE).await;
-        assert!(err.is_err(), "task ids stay taken");
-
-        // The interrupted task is picked up again once its lease runs out.
-        tokio::time::sleep(SHORT_WAIT).await;
-        let again = claim(&store).await;
-        assert_eq!(again.task.id, "running");
-        assert_eq!(again.task.attempts, 2);
-        assert_eq!(again.input, b"running");
-        assert!(matches!(
-            store.heartbeat(&running.lease, LEASE, None).await,
-            Err(StoreError::LeaseLost { .. })
-        ));
-        assert_eq!(claim(&store).await.task.id, "waiting");
-        store.close().await;
+        let store = f.open().await;
+        let only = Models::Only(vec!["infill".into()]);
+        let lease = Duration::from_secs(60);
+        assert!(store.claim(&only, lease, 3).await.unwrap().is_none());
+        let claimed = store.claim(&Models::Any, lease, 3).await.unwrap().unwrap();
+        assert_eq!((claimed.task.model.as_str(), &claimed.input[..]), ("", &b"img"[..]));
     }
 
     #[tokio::test]
     async fn newer_schema_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open_in(&dir).await;
+        let f = SqliteFixture::new();
+        let store = f.open().await;
         sqlx::raw_sql("PRAGMA user_version = 99")
             .execute(&store.writer)
             .await
@@ -1572,7 +1208,7 @@ mod tests {
         store.close().await;
         drop(store);
         let options = SqliteOptions {
-            path: dir.path().join("data").join("tasks.sqlite"),
+            path: f.path(),
             durable_commits: false,
         };
         let err = SqliteStore::open(options, Arc::new(|_: &Task| String::new()))
@@ -1583,17 +1219,17 @@ mod tests {
 
     #[tokio::test]
     async fn odd_rows_are_errors_not_panics() {
-        let (_dir, store) = store().await;
-        create(&store, new_task("t1", "acme")).await;
-        create(&store, new_task("t2", "acme")).await;
-        sqlx::query("UPDATE tasks SET status = 'weird' WHERE id = 't1'")
-            .execute(&store.writer)
-            .await
-            .unwrap();
-        sqlx::query("UPDATE tasks SET attempts = -1 WHERE id = 't2'")
-            .execute(&store.writer)
-            .await
-            .unwrap();
+        let f = SqliteFixture::new();
+        let store = f.open().await;
+        store.create(new_task("t1"), LOOSE).await.unwrap();
+        store.create(new_task("t2"), LOOSE).await.unwrap();
+        sqlx::raw_sql(
+            "UPDATE tasks SET status = 'weird' WHERE id = 't1'; \
+             UPDATE tasks SET attempts = -1 WHERE id = 't2';",
+        )
+        .execute(&store.writer)
+        .await
+        .unwrap();
         for id in ["t1", "t2"] {
             let err = store.find("acme", id).await.unwrap_err();
             assert!(matches!(err, StoreError::Database(_)), "{id}: {err:?}");
@@ -1603,31 +1239,5 @@ mod tests {
             Err(StoreError::Database(_))
         ));
         assert!(matches!(store.stats().await, Err(StoreError::Database(_))));
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_creates_all_succeed() {
-        let (_dir, store) = store().await;
-        let store = Arc::new(store);
-        let handles: Vec<_> = (0..64)
-            .map(|i| {
-                let store = Arc::clone(&store);
-                tokio::spawn(async move {
-                    let task = NewTask {
-                        input: vec![i as u8; 300 * 1024],
-                        external_task_id: Some(format!("ext-{i}")),
-                        ..new_task(&format!("t{i}"), &format!("account-{}", i % 4))
-                    };
-                    store.create(task, LOOSE).await
-                })
-            })
-            .collect();
-        for handle in handles {
-            handle.await.unwrap().unwrap();
-        }
-        assert_eq!(store.stats().await.unwrap().submitted, 64);
-        assert_eq!(store.list("account-1", 1, 100).await.unwrap().len(), 16);
-        let claimed = claim(&store).await;
-        assert_eq!(claimed.input.len(), 300 * 1024);
     }
 }

@@ -65,6 +65,8 @@ pub struct NewTask {
     pub external_task_id: Option<String>,
     /// Where status changes are POSTed.
     pub callback_url: Option<String>,
+    /// The model (or backend) that runs it: only workers serving it claim it (see [`Models`]).
+    pub model: String,
     /// What to do, as the server wrote it (JSON); opaque to the store.
     pub spec: String,
     /// The input image's bytes, kept until the task finishes.
@@ -78,6 +80,8 @@ pub struct Task {
     pub account: String,
     pub external_task_id: Option<String>,
     pub callback_url: Option<String>,
+    /// The model that runs it, as given at create.
+    pub model: String,
     pub status: TaskStatus,
     /// Why it failed.
     pub status_msg: Option<String>,
@@ -94,7 +98,34 @@ pub struct Task {
     pub updated_at: i64,
 }
 
-/// Limits checked atomically with [`crate::Store::create`].
+/// The models a worker serves, by the names tasks carry in [`NewTask::model`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Models {
+    /// Every model: a worker whose engine loads whatever a task asks for (the embedded server).
+    Any,
+    /// Only these.
+    Only(Vec<String>),
+}
+
+impl Models {
+    /// Whether a task for `model` is for this worker.
+    pub fn serves(&self, model: &str) -> bool {
+        match self {
+            Models::Any => true,
+            Models::Only(names) => names.iter().any(|name| name == model),
+        }
+    }
+
+    /// The names to filter on; `None` for any.
+    pub(crate) fn names(&self) -> Option<&[String]> {
+        match self {
+            Models::Any => None,
+            Models::Only(names) => Some(names),
+        }
+    }
+}
+
+/// Limits checked atomically with [`crate::TaskStore::create`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Admission {
     /// Most tasks `submitted` at once, over all accounts.

@@ -23,9 +23,9 @@ const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// timeout, so this bounds both the sockets held and how far one bad receiver delays others.
 const MAX_IN_FLIGHT: usize = 16;
 
-/// How many due deliveries to ask the store for at a time: more than the free slots, since
-/// those already in flight (or whose task has one in flight) are still due and are skipped.
-const DUE_BATCH: u32 = 64;
+/// How long a claimed delivery is this process's to send, on every node sharing the store:
+/// well over a send's timeout. Once it runs out (the process died), another sends it.
+const DELIVERY_LEASE: Duration = Duration::from_secs(120);
 
 /// When a failed delivery is tried again: exponential backoff from its failure count, until
 /// `give_up_after` has passed since it was first due.
@@ -119,7 +119,9 @@ pub async fn run_deliveries(
             finish(&mut in_flight, done);
         }
         if in_flight.len() < MAX_IN_FLIGHT {
-            match store.due_deliveries(now_ms(), DUE_BATCH).await {
+            // No more than the free slots: what is claimed and not sent waits for its lease.
+            let free = u32::try_from(MAX_IN_FLIGHT - in_flight.len()).unwrap_or(u32::MAX);
+            match store.claim_deliveries(DELIVERY_LEASE, free).await {
                 Ok(due) => {
                     for delivery in due {
                         if in_flight.len() >= MAX_IN_FLIGHT {
@@ -245,7 +247,10 @@ mod tests {
     use std::time::Instant;
 
     use async_trait::async_trait;
-    use outpaint_queue::{Admission, Claimed, Lease, NewTask, QueueStats, StoreError, Task};
+    use outpaint_queue::{
+        Admission, CallbackOutbox, Claimed, Lease, Models, NewTask, QueueStats, StoreError, Task,
+        TaskStore, WorkerRegistry,
+    };
 
     use super::super::OutboundConfig;
     use super::super::test_server::{Reply, TestServer};
@@ -323,7 +328,7 @@ mod tests {
     }
 
     #[async_trait]
-    impl Store for MemStore {
+    impl TaskStore for MemStore {
         async fn create(&self, _: NewTask, _: Admission) -> Result<Task, StoreError> {
             unreachable!()
         }
@@ -333,7 +338,15 @@ mod tests {
         async fn list(&self, _: &str, _: u32, _: u32) -> Result<Vec<Task>, StoreError> {
             unreachable!()
         }
-        async fn claim(&self, _: Duration, _: u32) -> Result<Option<Claimed>, StoreError> {
+        async fn claim(
+            &self,
+            _: &Models,
+            _: Duration,
+            _: u32,
+        ) -> Result<Option<Claimed>, StoreError> {
+            unreachable!()
+        }
+        async fn wait_for_work(&self, _: &Models, _: Duration) -> Result<(), StoreError> {
             unreachable!()
         }
         async fn heartbeat(
@@ -359,12 +372,33 @@ mod tests {
         async fn purge_finished(&self, _: i64) -> Result<Vec<String>, StoreError> {
             unreachable!()
         }
+    }
 
-        async fn due_deliveries(
+    #[async_trait]
+    impl WorkerRegistry for MemStore {
+        async fn register_worker(&self, _: &str, _: &Models, _: Duration) -> Result<(), StoreError> {
+            unreachable!()
+        }
+        async fn deregister_worker(&self, _: &str) -> Result<(), StoreError> {
+            unreachable!()
+        }
+        async fn unserved(
             &self,
-            now_ms: i64,
+        ) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+            unreachable!()
+        }
+    }
+
+    /// Hands due deliveries out again while they are in flight (no claim), so that the loop's
+    /// own in-flight check is what is tested.
+    #[async_trait]
+    impl CallbackOutbox for MemStore {
+        async fn claim_deliveries(
+            &self,
+            _: Duration,
             limit: u32,
         ) -> Result<Vec<Delivery>, StoreError> {
+            let now_ms = now_ms();
             Ok(self.state(|state| {
                 state
                     .pending
@@ -374,6 +408,10 @@ mod tests {
                     .map(|(d, _)| d.clone())
                     .collect()
             }))
+        }
+
+        async fn wait_for_deliveries(&self, _: Duration) -> Result<(), StoreError> {
+            unreachable!()
         }
 
         async fn delivered(&self, delivery_id: &str) -> Result<(), StoreError> {

@@ -295,6 +295,11 @@ async fn create(
                 account: account.0,
                 external_task_id: request.external_task_id,
                 callback_url: request.callback_url,
+                model: request
+                    .job
+                    .model
+                    .clone()
+                    .unwrap_or_else(|| state.default_model.to_string()),
                 spec,
                 input: bytes,
             },

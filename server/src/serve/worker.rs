@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use outpaint_engine::{Engine, EngineError, ErrorKind, ExpandRequest, JobControl};
-use outpaint_queue::{Claimed, Lease, Store, StoreError};
+use outpaint_queue::{Claimed, Lease, Models, Store, StoreError};
 use tokio::sync::{Notify, watch};
 use tracing::{Instrument, error, info, info_span, warn};
 
@@ -52,7 +52,7 @@ pub async fn run(
     while !*stop.borrow() {
         match context
             .store
-            .claim(context.lease, context.max_attempts)
+            .claim(&Models::Any, context.lease, context.max_attempts)
             .await
         {
             Ok(Some(claimed)) => {

@@ -48,7 +48,11 @@ async fn main() {
             let store = Arc::clone(&store);
             tokio::spawn(async move {
                 loop {
-                    match store.claim(&Models::Any, Duration::from_secs(60), 3).await.unwrap() {
+                    match store
+                        .claim(&Models::Any, Duration::from_secs(60), 3)
+                        .await
+                        .unwrap()
+                    {
                         Some(claimed) => {
                             store.succeed(&claimed.lease, "{}".into()).await.unwrap();
                         }

@@ -462,7 +462,9 @@ pub(crate) async fn expired_lease_is_claimed_again_and_the_old_lease_is_lost(f: 
 
     let lost = store.heartbeat(&first.lease, LEASE, Some(0.5)).await;
     assert!(matches!(lost, Err(StoreError::LeaseLost { ref task_id }) if task_id == "t1"));
-    assert!(is_lease_lost(store.succeed(&first.lease, "{}".into()).await));
+    assert!(is_lease_lost(
+        store.succeed(&first.lease, "{}".into()).await
+    ));
     assert!(is_lease_lost(store.fail(&first.lease, "x".into()).await));
     assert!(is_lease_lost(
         store.release(&first.lease, Duration::ZERO, true).await
@@ -553,7 +555,9 @@ pub(crate) async fn succeed_records_the_result_and_drops_the_input(f: impl Fixtu
     assert_eq!(status(&store, "t1").await, done);
     assert_eq!(f.input_count().await, 0);
     // Finished: no second ending, not claimable.
-    assert!(is_lease_lost(store.fail(&claimed.lease, "late".into()).await));
+    assert!(is_lease_lost(
+        store.fail(&claimed.lease, "late".into()).await
+    ));
     assert!(try_claim(&store, LEASE).await.is_none());
 }
 
@@ -639,8 +643,11 @@ pub(crate) async fn wait_for_work_wakes_on_create_and_on_lease_expiry(f: impl Fi
     let wait = || {
         let node = Arc::clone(&worker_node);
         tokio::spawn(async move {
-            tokio::time::timeout(WAKE_DEADLINE, node.wait_for_work(&Models::Any, LONG_TIMEOUT))
-                .await
+            tokio::time::timeout(
+                WAKE_DEADLINE,
+                node.wait_for_work(&Models::Any, LONG_TIMEOUT),
+            )
+            .await
         })
     };
 
@@ -648,12 +655,21 @@ pub(crate) async fn wait_for_work_wakes_on_create_and_on_lease_expiry(f: impl Fi
     tokio::time::sleep(SHORT_WAIT).await;
     assert!(!waiting.is_finished(), "nothing to wait for yet");
     create(&api_node, new_task("t1", "acme")).await;
-    assert!(matches!(waiting.await.unwrap(), Ok(Ok(()))), "woken by the create");
+    assert!(
+        matches!(waiting.await.unwrap(), Ok(Ok(()))),
+        "woken by the create"
+    );
 
     let abandoned = try_claim(&*worker_node, SHORT_LEASE).await.unwrap();
     let started = Instant::now();
-    assert!(matches!(wait().await.unwrap(), Ok(Ok(()))), "woken by the expiry");
-    assert!(started.elapsed() >= SHORT_LEASE / 2, "not before the lease ran out");
+    assert!(
+        matches!(wait().await.unwrap(), Ok(Ok(()))),
+        "woken by the expiry"
+    );
+    assert!(
+        started.elapsed() >= SHORT_LEASE / 2,
+        "not before the lease ran out"
+    );
     let again = claim(&*worker_node).await;
     assert_eq!(again.task.id, abandoned.task.id);
 }
@@ -668,7 +684,10 @@ pub(crate) async fn wait_for_work_ignores_tasks_for_other_models(f: impl Fixture
         .wait_for_work(&only(&["sd15"]), SHORT_WAIT)
         .await
         .unwrap();
-    assert!(started.elapsed() >= SHORT_WAIT, "returned for another model's task");
+    assert!(
+        started.elapsed() >= SHORT_WAIT,
+        "returned for another model's task"
+    );
 }
 
 pub(crate) async fn deliveries_are_written_only_with_a_callback_url(f: impl Fixture) {
@@ -676,7 +695,10 @@ pub(crate) async fn deliveries_are_written_only_with_a_callback_url(f: impl Fixt
     create(&store, with_callback("ok", "acme")).await;
     create(&store, with_callback("bad", "acme")).await;
     create(&store, new_task("quiet", "acme")).await;
-    assert!(drain_bodies(&store).await.is_empty(), "no callback on submit");
+    assert!(
+        drain_bodies(&store).await.is_empty(),
+        "no callback on submit"
+    );
 
     let ok = claim(&store).await;
     let bad = claim(&store).await;
@@ -727,7 +749,10 @@ pub(crate) async fn deliveries_retry_deliver_and_abandon(f: impl Fixture) {
         .retry_delivery(&b.id, now + 60_000, "connection refused")
         .await
         .unwrap();
-    store.retry_delivery(&c.id, now - 1, "timeout").await.unwrap();
+    store
+        .retry_delivery(&c.id, now - 1, "timeout")
+        .await
+        .unwrap();
     let again = store.claim_deliveries(LEASE, 100).await.unwrap();
     assert_eq!(again.len(), 1, "b is not due yet: {again:?}");
     let retried = &again[0];

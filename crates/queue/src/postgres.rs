@@ -14,8 +14,8 @@ use sqlx::{ConnectOptions, Connection, Row, Transaction};
 use uuid::Uuid;
 
 use crate::common::{
-    attempts_from, clamp_progress, count, gave_up_reason, lease_lost, limit, log_abandoned,
-    millis, one_per_task,
+    attempts_from, clamp_progress, count, gave_up_reason, lease_lost, limit, log_abandoned, millis,
+    one_per_task,
 };
 use crate::wake::{Wakers, due_in, sleep_until_woken};
 use crate::{
@@ -47,7 +47,13 @@ macro_rules! task_columns {
 /// Whether a task's `model` is in the array bound as `$N` (NULL: any model).
 macro_rules! model_filter {
     ($n:literal) => {
-        concat!("($", $n, "::text[] IS NULL OR model = ANY($", $n, "::text[]))")
+        concat!(
+            "($",
+            $n,
+            "::text[] IS NULL OR model = ANY($",
+            $n,
+            "::text[]))"
+        )
     };
 }
 
@@ -849,7 +855,10 @@ mod tests {
         .execute(&mut f.admin().await)
         .await
         .unwrap();
-        assert!(matches!(waiting.await.unwrap(), Ok(Ok(()))), "woken by the loss");
+        assert!(
+            matches!(waiting.await.unwrap(), Ok(Ok(()))),
+            "woken by the loss"
+        );
 
         let waiting = wait();
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -868,7 +877,10 @@ mod tests {
             max_unfinished_per_account: 10,
         };
         api.create(task, admission).await.unwrap();
-        assert!(matches!(waiting.await.unwrap(), Ok(Ok(()))), "woken by the create");
+        assert!(
+            matches!(waiting.await.unwrap(), Ok(Ok(()))),
+            "woken by the create"
+        );
     }
 
     #[tokio::test]
@@ -885,6 +897,9 @@ mod tests {
             .unwrap_err();
         let message = err.to_string();
         assert!(message.contains("\"missing\" does not exist"), "{message}");
-        assert!(!message.contains("secret"), "the password is hidden: {message}");
+        assert!(
+            !message.contains("secret"),
+            "the password is hidden: {message}"
+        );
     }
 }

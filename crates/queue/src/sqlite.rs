@@ -38,8 +38,8 @@ use sqlx::{Row, Sqlite, Transaction};
 use uuid::Uuid;
 
 use crate::common::{
-    attempts_from, clamp_progress, count, gave_up_reason, lease_lost, limit, log_abandoned,
-    millis, one_per_task,
+    attempts_from, clamp_progress, count, gave_up_reason, lease_lost, limit, log_abandoned, millis,
+    one_per_task,
 };
 use crate::wake::{Wakers, due_in, sleep_until_woken};
 use crate::{
@@ -131,7 +131,11 @@ CREATE TABLE workers (
 macro_rules! model_filter {
     ($n:literal) => {
         concat!(
-            "(?", $n, " IS NULL OR model IN (SELECT value FROM json_each(?", $n, ")))"
+            "(?",
+            $n,
+            " IS NULL OR model IN (SELECT value FROM json_each(?",
+            $n,
+            ")))"
         )
     };
 }
@@ -1065,7 +1069,9 @@ fn delivery_from_row(row: &SqliteRow) -> Result<Delivery, StoreError> {
 
 /// The served models as bound to [`model_filter!`]: a JSON array, NULL for any.
 fn models_json(models: &Models) -> Option<String> {
-    models.names().map(|names| serde_json::Value::from(names).to_string())
+    models
+        .names()
+        .map(|names| serde_json::Value::from(names).to_string())
 }
 
 /// The wake-ups of the stores of one file in this process, keyed by its canonical path.
@@ -1194,7 +1200,10 @@ mod tests {
         let lease = Duration::from_secs(60);
         assert!(store.claim(&only, lease, 3).await.unwrap().is_none());
         let claimed = store.claim(&Models::Any, lease, 3).await.unwrap().unwrap();
-        assert_eq!((claimed.task.model.as_str(), &claimed.input[..]), ("", &b"img"[..]));
+        assert_eq!(
+            (claimed.task.model.as_str(), &claimed.input[..]),
+            ("", &b"img"[..])
+        );
     }
 
     #[tokio::test]

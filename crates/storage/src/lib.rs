@@ -305,7 +305,10 @@ impl Storage {
         if key.starts_with('/') || key.ends_with('/') {
             return Err(invalid("starts or ends with '/'".into()));
         }
-        if key.split('/').any(|segment| segment == "." || segment == "..") {
+        if key
+            .split('/')
+            .any(|segment| segment == "." || segment == "..")
+        {
             return Err(invalid("has a '.' or '..' segment".into()));
         }
         let full = match &self.prefix {
@@ -329,7 +332,10 @@ impl Storage {
         match &self.prefix {
             None => path.to_string(),
             Some(prefix) => match path.prefix_match(prefix) {
-                Some(parts) => parts.map(|part| part.as_ref().to_owned()).collect::<Vec<_>>().join("/"),
+                Some(parts) => parts
+                    .map(|part| part.as_ref().to_owned())
+                    .collect::<Vec<_>>()
+                    .join("/"),
                 None => path.to_string(),
             },
         }

@@ -84,7 +84,14 @@ impl Postgres {
             server_command(&bin.join("initdb"))
                 .arg("-D")
                 .arg(&data)
-                .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale"])
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-locale",
+                ])
                 .arg("--no-sync"),
             "initdb",
         );

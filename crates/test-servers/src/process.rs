@@ -65,7 +65,9 @@ impl Supervisor {
     pub(crate) fn spawn(script: &str, cleanup: &str) -> Supervisor {
         let mut child = Command::new("sh")
             .arg("-c")
-            .arg(format!("trap '' INT HUP; {script}\nread _ignored\n{cleanup}"))
+            .arg(format!(
+                "trap '' INT HUP; {script}\nread _ignored\n{cleanup}"
+            ))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

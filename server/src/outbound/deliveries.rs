@@ -376,15 +376,18 @@ mod tests {
 
     #[async_trait]
     impl WorkerRegistry for MemStore {
-        async fn register_worker(&self, _: &str, _: &Models, _: Duration) -> Result<(), StoreError> {
+        async fn register_worker(
+            &self,
+            _: &str,
+            _: &Models,
+            _: Duration,
+        ) -> Result<(), StoreError> {
             unreachable!()
         }
         async fn deregister_worker(&self, _: &str) -> Result<(), StoreError> {
             unreachable!()
         }
-        async fn unserved(
-            &self,
-        ) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        async fn unserved(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
             unreachable!()
         }
     }

@@ -828,7 +828,7 @@ pub(crate) async fn wait_for_deliveries_wakes_on_a_status_change(f: impl Fixture
     assert!(matches!(waiting.await.unwrap(), Ok(Ok(()))));
     assert_eq!(sender.claim_deliveries(LEASE, 10).await.unwrap().len(), 1);
 
-    // Nothing due while the only delivery is claimed: the wait ends with its claim.
+    // Nothing due while the only delivery is claimed: the wait lasts its whole timeout.
     let started = Instant::now();
     sender.wait_for_deliveries(SHORT_WAIT).await.unwrap();
     assert!(started.elapsed() >= SHORT_WAIT);

@@ -108,14 +108,6 @@ pub enum Models {
 }
 
 impl Models {
-    /// Whether a task for `model` is for this worker.
-    pub fn serves(&self, model: &str) -> bool {
-        match self {
-            Models::Any => true,
-            Models::Only(names) => names.iter().any(|name| name == model),
-        }
-    }
-
     /// The names to filter on; `None` for any.
     pub(crate) fn names(&self) -> Option<&[String]> {
         match self {

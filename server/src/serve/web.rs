@@ -7,8 +7,10 @@
 //! limits, the installed models, and the server's own error messages as templates (rendered
 //! from the very error types the API answers with, so the texts cannot drift apart).
 
+use std::sync::Arc;
+
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::Path;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +20,6 @@ use outpaint_canvas::geometry::{PER_SIDE_RATIO_RANGE, UNIFORM_RATIO_RANGE};
 use outpaint_engine::{Engine, EngineError, MAX_PROMPT_CHARS, MAX_VARIATIONS};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use std::sync::Arc;
 
 use super::error::ApiError;
 
@@ -51,13 +52,13 @@ fn content_security_policy(public_origin: Option<&str>) -> String {
 
 /// One file as served: body, content type and strong ETag.
 struct Asset {
-    body: Vec<u8>,
+    body: Bytes,
     content_type: &'static str,
     etag: HeaderValue,
 }
 
 impl Asset {
-    fn new(body: Vec<u8>, content_type: &'static str) -> Asset {
+    fn new(body: Bytes, content_type: &'static str) -> Asset {
         let digest = Sha256::digest(&body);
         let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
         let etag = HeaderValue::from_str(&format!("\"{hex}\"")).expect("hex is a valid header");
@@ -110,21 +111,27 @@ impl Asset {
 /// The page's routes: `/` and `/assets/{file}`. `public_url` is the base of result URLs.
 pub fn routes<S: Clone + Send + Sync + 'static>(engine: &Engine, public_url: &str) -> Router<S> {
     let index = Arc::new(Asset::new(
-        render_index(engine).into_bytes(),
+        render_index(engine).into(),
         "text/html; charset=utf-8",
     ));
     let assets: Arc<Vec<(&str, Asset)>> = Arc::new(
         ASSETS
             .iter()
-            .map(|&(name, content_type, body)| (name, Asset::new(body.into(), content_type)))
+            .map(|&(name, content_type, body)| {
+                (
+                    name,
+                    Asset::new(Bytes::from_static(body.as_bytes()), content_type),
+                )
+            })
             .collect(),
     );
     let public_origin = url::Url::parse(public_url)
         .ok()
         .map(|url| url.origin().ascii_serialization())
         .filter(|origin| origin != "null");
+    // An origin's serialization is ASCII (hosts in punycode), so the policy is a valid value.
     let csp = HeaderValue::from_str(&content_security_policy(public_origin.as_deref()))
-        .unwrap_or_else(|_| HeaderValue::from_str(&content_security_policy(None)).unwrap());
+        .expect("an ASCII policy");
     let index_csp = csp.clone();
     Router::new()
         .route(
@@ -146,15 +153,8 @@ pub fn routes<S: Clone + Send + Sync + 'static>(engine: &Engine, public_url: &st
 
 /// `index.html` with the page's configuration in place of [`CONFIG_MARK`].
 fn render_index(engine: &Engine) -> String {
-    let limits = engine.limits();
     let config = json!({
-        "limits": {
-            "max_file_bytes": limits.max_file_bytes,
-            "min_side": limits.min_side,
-            "max_aspect": limits.max_aspect,
-            "max_area_ratio": limits.max_area_ratio,
-            "max_canvas_pixels": limits.max_canvas_pixels,
-        },
+        "limits": engine.limits(),
         "ranges": {"uniform": UNIFORM_RATIO_RANGE, "per_side": PER_SIDE_RATIO_RANGE},
         "max_prompt_chars": MAX_PROMPT_CHARS,
         "max_variations": MAX_VARIATIONS,
@@ -307,7 +307,7 @@ mod tests {
 
     #[test]
     fn etags_revalidate() {
-        let asset = Asset::new(b"x".to_vec(), "text/plain");
+        let asset = Asset::new(Bytes::from_static(b"x"), "text/plain");
         let csp = HeaderValue::from_static("default-src 'none'");
         let mut headers = HeaderMap::new();
         assert_eq!(asset.respond(&headers, &csp).status(), StatusCode::OK);

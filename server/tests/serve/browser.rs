@@ -264,6 +264,7 @@ async fn the_page_expands_a_photo_in_a_real_browser() {
         .run(|client| async move {
             let files = tempfile::tempdir().unwrap();
             sign_in_and_expand(&client, &url, &api).await;
+            direction_and_ratio(&client, &api).await;
             same_rule_and_words_as_the_server(&client, &api).await;
             too_small_is_refused_before_submitting(&client, &api, files.path()).await;
             wrong_secret_shows_the_401(&client, &api).await;
@@ -426,6 +427,58 @@ async fn sign_in_and_expand(client: &Client, url: &str, api: &Api) {
         .unwrap();
     std::fs::write(&shot, jpeg).unwrap();
     eprintln!("screenshot: {}", shot.display());
+}
+
+/// The simple form: a direction and a ratio, sent to the simple route; the list shows the new
+/// task first.
+async fn direction_and_ratio(client: &Client, api: &Api) {
+    find(client, "input[name=mode][value=uniform]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    type_into(client, "#ratio", "1.5").await;
+    let sides = Sides {
+        left: true,
+        right: true,
+        ..Sides::default()
+    };
+    let expected = outpaint_canvas::plan(
+        599,
+        400,
+        &Expansion::uniform(sides, 1.5).unwrap(),
+        &Limits::default(),
+    )
+    .unwrap();
+    let size = text(client, "#size").await;
+    let canvas = format!("canvas {} × {} px", expected.width, expected.height);
+    assert!(size.contains(&canvas), "{size:?} should say {canvas}");
+    find(client, "#submit").await.click().await.unwrap();
+    wait_for(
+        client,
+        "document.querySelectorAll('.task').length === 2
+         && document.querySelector('.task').dataset.status === 'succeed'
+         && document.querySelector('.task img.after').naturalWidth",
+        Duration::from_secs(40),
+    )
+    .await;
+    let first = js(
+        client,
+        "const task = document.querySelector('.task'), img = task.querySelector('img.after');
+         return [task.dataset.taskId, img.naturalWidth, img.naturalHeight];",
+        vec![],
+    )
+    .await;
+    let tasks = api
+        .get(&format!("{SIMPLE}?pageNum=1&pageSize=10"))
+        .await
+        .ok();
+    assert_eq!(tasks.as_array().unwrap().len(), 2, "{tasks:#}");
+    assert_eq!(
+        first,
+        json!([tasks[0]["task_id"], expected.width, expected.height]),
+        "the newest task first, at its canvas size"
+    );
 }
 
 /// The page's geometry module against `outpaint_canvas::plan` (what the server runs) on a few
@@ -647,23 +700,21 @@ async fn too_small_is_refused_before_submitting(client: &Client, api: &Api, file
     .await;
     find(client, "#submit").await.click().await.unwrap();
     let shown = text(client, "#create-error").await;
-    let right: f64 = value_of(client, "#right").await.parse().unwrap();
     let reply = api
         .post(
-            OFFICIAL,
-            &json!({"image": base64(&small), "up_expansion_ratio": 0, "down_expansion_ratio": 0,
-                    "left_expansion_ratio": 0.2, "right_expansion_ratio": right}),
+            SIMPLE,
+            &json!({"image": base64(&small), "direction": "left,right", "expansion_ratio": 1.5}),
         )
         .await;
     reply.error(400, 1201).mentions("300 px");
     assert_eq!(shown, reply.message());
-    // Nothing was created: still the one task.
+    // Nothing was created: still the two tasks.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let tasks = api
         .get(&format!("{OFFICIAL}?pageNum=1&pageSize=10"))
         .await
         .ok();
-    assert_eq!(tasks.as_array().unwrap().len(), 1, "{tasks:#}");
+    assert_eq!(tasks.as_array().unwrap().len(), 2, "{tasks:#}");
 }
 
 async fn wrong_secret_shows_the_401(client: &Client, api: &Api) {
@@ -735,6 +786,7 @@ async fn only_this_servers_public_routes(client: &Client, url: &str) {
         "GET /",
         "GET /assets/app.js",
         "POST /v1/images/editing/expand",
+        "POST /v1/images/expand",
         "GET /v1/images/editing/expand",
         "GET /results/",
     ] {

@@ -192,6 +192,7 @@ async function setPhoto(file) {
   preview.src = url;
   try {
     await preview.decode();
+    if (state.photo?.file !== file) return; // another photo came meanwhile
     state.photo.width = preview.naturalWidth;
     state.photo.height = preview.naturalHeight;
     $("drop-text").textContent = `${file.name}: ${state.photo.width} × ${state.photo.height} px. Drop or choose another to replace it.`;
@@ -211,9 +212,8 @@ function update() {
   const known = photo && photo.width !== null;
   let problem = checkExpansion(e, config);
   if (!problem && known) problem = checkFile(photo.file.size, photo.width, photo.height, config);
-  let planned = null;
   if (!problem && known) {
-    planned = plan(photo.width, photo.height, e, config);
+    const planned = plan(photo.width, photo.height, e, config);
     if (!planned.ok) problem = planned.message;
   }
   state.problem = problem;
@@ -225,8 +225,6 @@ function update() {
     $(`${side}-px`).textContent = pad ? `+${pad[key]} px` : "";
     const handle = document.querySelector(`.handle[data-side=${side}]`);
     handle.hidden = uniform;
-    handle.setAttribute("aria-valuemin", "0");
-    handle.setAttribute("aria-valuemax", "2");
     handle.setAttribute("aria-valuenow", String(number(side)));
     handle.setAttribute("aria-valuetext", pad ? `${number(side)}, ${pad[key]} pixels` : String(number(side)));
   }

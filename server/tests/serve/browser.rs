@@ -491,48 +491,22 @@ async fn same_rule_and_words_as_the_server(client: &Client, api: &Api) {
             .wrapping_add(1_442_695_040_888_963_407);
         (state >> 33) as f64 / (1u64 << 31) as f64
     };
+    let per_side = |up: f64, down: f64, left: f64, right: f64| json!({"form": "per_side", "up": up, "down": down, "left": left, "right": right});
+    let uniform = |[top, bottom, left, right]: [bool; 4], ratio: f64| {
+        json!({"form": "uniform", "ratio": ratio,
+               "sides": {"top": top, "bottom": bottom, "left": left, "right": right}})
+    };
     let mut cases = vec![
-        // Exact ties of the rounded figures in messages: Rust rounds them to even.
-        (
-            820,
-            320,
-            json!({"form": "per_side", "up": 0.0, "down": 0.0, "left": 0.1, "right": 0.0}),
-        ),
-        (
-            400,
-            400,
-            json!({"form": "per_side", "up": 0.25, "down": 0.0, "left": 0.75, "right": 0.75}),
-        ),
-        (
-            3000,
-            3000,
-            json!({"form": "uniform", "sides": {"top": true, "bottom": true, "left": true, "right": true}, "ratio": 1.5}),
-        ),
-        (
-            301,
-            301,
-            json!({"form": "uniform", "sides": {"top": true, "bottom": true, "left": true, "right": true}, "ratio": 1.5}),
-        ),
-        (
-            400,
-            400,
-            json!({"form": "uniform", "sides": {"top": false, "bottom": false, "left": false, "right": false}, "ratio": 1.5}),
-        ),
-        (
-            400,
-            400,
-            json!({"form": "uniform", "sides": {"top": false, "bottom": false, "left": false, "right": true}, "ratio": 1.001}),
-        ),
-        (
-            400,
-            400,
-            json!({"form": "per_side", "up": 0.0, "down": 1e-7, "left": 0.0, "right": 0.0}),
-        ),
-        (
-            400,
-            400,
-            json!({"form": "per_side", "up": 0.0, "down": -1e-7, "left": 0.0, "right": 0.0}),
-        ),
+        // Exact ties of the rounded figures in messages (2.5625, 3.125): Rust rounds to even.
+        (820, 320, per_side(0.0, 0.0, 0.1, 0.0)),
+        (400, 400, per_side(0.25, 0.0, 0.75, 0.75)),
+        (3000, 3000, uniform([true; 4], 1.5)),
+        (301, 301, uniform([true; 4], 1.5)),
+        (400, 400, uniform([false; 4], 1.5)),
+        (400, 400, uniform([false, false, false, true], 1.001)),
+        // Ratios whose shortest form in JS has an exponent.
+        (400, 400, per_side(0.0, 1e-7, 0.0, 0.0)),
+        (400, 400, per_side(0.0, -1e-7, 0.0, 0.0)),
     ];
     let pick = |r: f64, values: &[f64]| values[(r * values.len() as f64) as usize];
     for _ in 0..3000 {
@@ -545,8 +519,10 @@ async fn same_rule_and_words_as_the_server(client: &Client, api: &Api) {
             } else {
                 pick(next(), &[1.0, 1.0001, 1.5, 3.0, 3.0000001, 0.5, 3.5])
             };
-            json!({"form": "uniform", "ratio": ratio, "sides": {
-                "top": next() < 0.5, "bottom": next() < 0.5, "left": next() < 0.5, "right": next() < 0.5}})
+            uniform(
+                [next() < 0.5, next() < 0.5, next() < 0.5, next() < 0.5],
+                ratio,
+            )
         } else {
             let mut ratio = || {
                 let r = next();
@@ -560,7 +536,7 @@ async fn same_rule_and_words_as_the_server(client: &Client, api: &Api) {
                     2.1 * next()
                 }
             };
-            json!({"form": "per_side", "up": ratio(), "down": ratio(), "left": ratio(), "right": ratio()})
+            per_side(ratio(), ratio(), ratio(), ratio())
         };
         cases.push((w, h, expansion));
     }

@@ -15,12 +15,11 @@ const SIDES = ["up", "down", "left", "right"];
 
 const $ = (id) => document.getElementById(id);
 
-/** A failed API call: the HTTP status, the Kling code and the server's message. */
+/** A failed API call: the HTTP status (0 when there was no answer) and the server's message. */
 class ApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, message) {
     super(message);
     this.status = status;
-    this.code = code;
   }
 }
 
@@ -29,7 +28,7 @@ const state = {
   authRequired: true,
   photo: null, // {file, url, width, height}; width null when the browser cannot show it
   problem: null, // why the server would refuse the current form, in its words
-  drag: null, // {side, start, startRatio, length, scale}
+  drag: null, // {side, start, startRatio, scale} while an edge is dragged
   scale: 1,
   page: 1,
   poll: null,
@@ -54,16 +53,16 @@ async function api(method, path, body) {
   try {
     response = await fetch(path, { method, headers, body, cache: "no-store" });
   } catch (err) {
-    throw new ApiError(0, 0, `cannot reach the server (${err.message})`);
+    throw new ApiError(0, `cannot reach the server (${err.message})`);
   }
   const text = await response.text();
   let envelope;
   try {
     envelope = parseEnvelope(text);
   } catch {
-    throw new ApiError(response.status, 0, `the server answered HTTP ${response.status} without an envelope`);
+    throw new ApiError(response.status, `the server answered HTTP ${response.status} without an envelope`);
   }
-  if (envelope.code !== 0) throw new ApiError(response.status, envelope.code, envelope.message);
+  if (envelope.code !== 0) throw new ApiError(response.status, envelope.message);
   return envelope.data;
 }
 
@@ -395,9 +394,9 @@ async function submit(event) {
   button.textContent = "Sending…";
   try {
     body.image = await readDataUrl(file);
-    // The seed is written as it was typed: a u64 does not survive a JS number.
+    // The seed is written out as digits: a u64 does not survive a JS number.
     let json = JSON.stringify(body);
-    if (seed) json = `${json.slice(0, -1)},"seed":${seed}}`;
+    if (seed) json = `${json.slice(0, -1)},"seed":${BigInt(seed)}}`;
     const task = await api("POST", path, json);
     if (box) rememberBox(task.task_id, box);
     error.textContent = "";

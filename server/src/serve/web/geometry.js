@@ -5,7 +5,7 @@
 // the Rust code on thousands of cases.
 
 /** The server's message `key` with its placeholders filled as Rust would format the values. */
-export function message(templates, key, values) {
+function message(templates, key, values) {
   return templates[key].replace(/\{(\w+)(?::\.(\d+))?\}/g, (whole, name, decimals) => {
     if (!(name in values)) return whole;
     const value = values[name];
@@ -15,7 +15,7 @@ export function message(templates, key, values) {
 }
 
 /** `format!("{}", x)` of a Rust f64 or integer: shortest round-trip digits, never an exponent. */
-export function rustDisplay(x) {
+function rustDisplay(x) {
   if (Number.isNaN(x)) return "NaN";
   if (!Number.isFinite(x)) return x > 0 ? "inf" : "-inf";
   if (Object.is(x, -0)) return "-0";
@@ -30,7 +30,7 @@ export function rustDisplay(x) {
 }
 
 /** `format!("{:.N}", x)`: rounded on the exact binary value, ties to even (JS rounds ties up). */
-export function rustFixed(x, decimals) {
+function rustFixed(x, decimals) {
   const up = x.toFixed(decimals);
   const exact = x.toFixed(100);
   const point = exact.indexOf(".");

@@ -6,9 +6,10 @@
 const encoder = new TextEncoder();
 
 /** `Bearer <JWT>` for `accessKey`, valid for 30 minutes (5 s before now, as Kling's SDK). */
-export async function bearer(accessKey, secretKey, nowSeconds = Math.floor(Date.now() / 1000)) {
+export async function bearer(accessKey, secretKey) {
+  const now = Math.floor(Date.now() / 1000);
   const header = base64url(encoder.encode(JSON.stringify({ alg: "HS256", typ: "JWT" })));
-  const claims = { iss: accessKey, exp: nowSeconds + 1800, nbf: nowSeconds - 5 };
+  const claims = { iss: accessKey, exp: now + 1800, nbf: now - 5 };
   const payload = base64url(encoder.encode(JSON.stringify(claims)));
   const input = `${header}.${payload}`;
   const signature = await hmacSha256(encoder.encode(secretKey), encoder.encode(input));
@@ -16,7 +17,7 @@ export async function bearer(accessKey, secretKey, nowSeconds = Math.floor(Date.
 }
 
 /** HMAC-SHA-256 of `data` under `key` (both Uint8Array): WebCrypto when available. */
-export async function hmacSha256(key, data) {
+async function hmacSha256(key, data) {
   if (globalThis.crypto?.subtle) return webCryptoHmac(key, data);
   return plainHmac(key, data);
 }
@@ -54,7 +55,7 @@ const K = new Uint32Array([
 ]);
 
 /** SHA-256 of a Uint8Array (FIPS 180-4). */
-export function sha256(bytes) {
+function sha256(bytes) {
   const length = bytes.length;
   const blocks = Math.ceil((length + 9) / 64);
   const message = new Uint8Array(blocks * 64);

@@ -73,6 +73,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .merge(super::web::routes(&state.engine, &state.public_url))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

@@ -6,7 +6,7 @@
 //!   mapping of failures to HTTP statuses and Kling codes);
 //! - [`tasks`]: the job stored with each task and the task object clients see;
 //! - [`worker`]: workers that take tasks from the store and run the engine;
-//! - [`results`]: result files; [`metrics`]; [`openapi`];
+//! - [`results`]: result files; [`metrics`]; [`openapi`]; [`web`]: the page at `/`;
 //! - callbacks and image downloads are `crate::outbound`.
 //!
 //! Start-up: open the store, start workers, the callback sender and the retention sweeper,
@@ -23,6 +23,7 @@ mod openapi;
 mod ratelimit;
 mod results;
 mod tasks;
+mod web;
 mod wire;
 mod worker;
 

@@ -13,7 +13,8 @@
 //! - `paging`: list order, pages and their bounds;
 //! - `callbacks`: deliveries, Standard Webhooks signatures, retries, a receiver that is down;
 //! - `durability`: kill -9 and SIGTERM with tasks queued and running, then a restart;
-//! - `limits`: a full queue and a full account answer 429 / 1303, a rate limit 429 / 1302.
+//! - `limits`: a full queue and a full account answer 429 / 1303, a rate limit 429 / 1302;
+//! - `browser`: the web page at `/` in a real headless Chromium (WebDriver).
 //!
 //! Codes of SPEC 3 that no client can cause on purpose are not tested here: 1103 (nothing in
 //! SPEC grants per-resource permissions) and 5000–5002.
@@ -21,6 +22,7 @@
 mod harness;
 
 mod auth;
+mod browser;
 mod callbacks;
 mod durability;
 mod errors;
